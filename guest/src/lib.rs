@@ -1,0 +1,434 @@
+//! BittyBot's guest component: every decision the app makes, compiled to a
+//! sandboxed `wasm32-wasip2` component the native host runs.
+//!
+//! Build (the host's and the tests' build scripts do this for you):
+//! `cargo build -p bittybot-guest --target wasm32-wasip2 --release`
+//!
+//! This file is the only one that touches the generated bindings: each export
+//! converts types and calls a pure module (`session`, `template`, `device`, …),
+//! which are plain Rust and unit-tested natively with `cargo test -p bittybot-guest`.
+
+pub mod context;
+pub mod device;
+pub mod engine;
+pub mod filter;
+pub mod prompts;
+pub mod session;
+pub mod template;
+pub mod utf8;
+
+wit_bindgen::generate!({
+    path: "../wit",
+    world: "bittybot",
+});
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use bittybot::core::{inference as inf, platform};
+use engine::{Engine, EngineError, SamplerConfig, Token};
+use exports::bittybot::core::app as api;
+use session::{ModelFacts, ModelProfile, Session, SessionError, SessionKind, StopReason};
+use template::Role;
+
+/// Sessions per model: one chat and one translation conversation.
+const SEQUENCES: u32 = 2;
+/// Default context per session, when the device policy has nothing better.
+const DEFAULT_N_CTX: u32 = 2048;
+/// Default logical batch.
+const DEFAULT_N_BATCH: u32 = 512;
+
+/// The engine as the host provides it.
+struct HostEngine;
+
+struct HostSampler(inf::Sampler);
+
+impl engine::Sampler for HostSampler {
+    fn sample(&mut self) -> Result<Token, EngineError> {
+        self.0.sample().map_err(engine_error)
+    }
+}
+
+fn engine_error(e: inf::InferenceError) -> EngineError {
+    match e {
+        inf::InferenceError::NoModel => EngineError::NoModel,
+        inf::InferenceError::Cancelled => EngineError::Cancelled,
+        inf::InferenceError::ContextFull(c) => EngineError::ContextFull {
+            used: c.used,
+            requested: c.requested,
+            capacity: c.capacity,
+        },
+        inf::InferenceError::LoadFailed(s)
+        | inf::InferenceError::InvalidArgument(s)
+        | inf::InferenceError::DecodeFailed(s)
+        | inf::InferenceError::Io(s) => EngineError::Failed(s),
+    }
+}
+
+impl Engine for HostEngine {
+    type Sampler = HostSampler;
+
+    fn tokenize(&self, text: &str, parse_special: bool) -> Result<Vec<Token>, EngineError> {
+        inf::tokenize(text, false, parse_special).map_err(engine_error)
+    }
+    fn token_bytes(&self, token: Token) -> Vec<u8> {
+        inf::token_bytes(token, false)
+    }
+    fn token_id(&self, text: &str) -> Option<Token> {
+        inf::token_id(text)
+    }
+    fn is_eog(&self, token: Token) -> bool {
+        inf::is_eog(token)
+    }
+    fn decode(&self, seq: u32, tokens: &[Token]) -> Result<(), EngineError> {
+        inf::decode(seq, tokens).map_err(engine_error)
+    }
+    fn kv_len(&self, seq: u32) -> u32 {
+        inf::kv_len(seq)
+    }
+    fn kv_clear(&self, seq: u32) {
+        inf::kv_clear(seq)
+    }
+    fn kv_remove(&self, seq: u32, p0: u32, p1: Option<u32>) -> bool {
+        inf::kv_remove(seq, p0, p1)
+    }
+    fn kv_shift(&self, seq: u32, p0: u32, p1: Option<u32>, delta: i32) {
+        inf::kv_shift(seq, p0, p1, delta)
+    }
+    fn sampler(&self, c: &SamplerConfig) -> HostSampler {
+        HostSampler(inf::Sampler::new(&inf::SamplerConfig {
+            temperature: c.temperature,
+            top_k: c.top_k,
+            top_p: c.top_p,
+            min_p: c.min_p,
+            repeat_penalty: c.repeat_penalty,
+            repeat_last_n: c.repeat_last_n,
+            seed: c.seed,
+            logit_bias: c.logit_bias.clone(),
+        }))
+    }
+    fn cancel_requested(&self) -> bool {
+        platform::cancel_requested()
+    }
+}
+
+/// The loaded model, as the guest sees it.
+struct Loaded {
+    profile: Rc<ModelProfile>,
+}
+
+#[derive(Default)]
+struct State {
+    loaded: Option<Loaded>,
+    loads: u64,
+    seq_in_use: Vec<bool>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+fn app_error(e: SessionError) -> api::AppError {
+    match e {
+        SessionError::NotReady => api::AppError::NotReady,
+        SessionError::Busy => api::AppError::Busy,
+        SessionError::InputTooLong { tokens, limit } => {
+            api::AppError::InputTooLong(api::InputTooLong { tokens, limit })
+        }
+        SessionError::Template(template::TemplateError::Missing(s)) => {
+            api::AppError::NoChatTemplate(s)
+        }
+        SessionError::Template(template::TemplateError::Render(s)) => {
+            api::AppError::InvalidArgument(s)
+        }
+        SessionError::InvalidArgument(s) => api::AppError::InvalidArgument(s),
+        SessionError::Engine(EngineError::NoModel) => api::AppError::NotReady,
+        SessionError::Engine(e) => api::AppError::Inference(e.to_string()),
+    }
+}
+
+fn current_profile() -> Result<Rc<ModelProfile>, api::AppError> {
+    STATE
+        .with(|s| s.borrow().loaded.as_ref().map(|l| l.profile.clone()))
+        .ok_or(api::AppError::NotReady)
+}
+
+/// Pick load settings: explicit options, else the device policy.
+fn load_settings(o: &api::LoadOptions) -> inf::LoadSettings {
+    let topo = platform::read_cpu_topology();
+    let cores: Vec<device::Core> = topo
+        .cores
+        .iter()
+        .map(|c| device::Core {
+            id: c.id,
+            online: c.online,
+            max_freq_khz: c.max_freq_khz,
+            capacity: c.capacity,
+            cluster: c.cluster,
+        })
+        .collect();
+    let threads = device::choose_threads(&cores, topo.online, None, o.threads, o.threads_batch);
+    inf::LoadSettings {
+        n_ctx: o.n_ctx.unwrap_or(DEFAULT_N_CTX),
+        n_batch: o.n_batch.unwrap_or(DEFAULT_N_BATCH),
+        n_seq_max: SEQUENCES,
+        threads: threads.decode,
+        threads_batch: threads.batch,
+        use_mmap: o.use_mmap.unwrap_or(true),
+    }
+}
+
+struct Component;
+
+impl api::Guest for Component {
+    type Session = SessionResource;
+    type Generation = GenerationResource;
+
+    fn load_model(options: api::LoadOptions) -> Result<inf::ModelInfo, api::AppError> {
+        let settings = load_settings(&options);
+        STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            s.loaded = None;
+            s.seq_in_use = vec![false; SEQUENCES as usize];
+        });
+        let info = inf::load(&options.source, settings).map_err(|e| match e {
+            inf::InferenceError::LoadFailed(m) => api::AppError::LoadFailed(m),
+            other => api::AppError::LoadFailed(engine_error(other).to_string()),
+        })?;
+        let special_text = |t: Option<Token>| {
+            t.map(|t| String::from_utf8_lossy(&inf::token_bytes(t, true)).into_owned())
+                .unwrap_or_default()
+        };
+        let facts = ModelFacts {
+            architecture: info.architecture.clone(),
+            chat_template: info.chat_template.clone(),
+            bos: info.bos,
+            eos: info.eos,
+            add_bos: info.add_bos,
+            bos_text: special_text(info.bos),
+            eos_text: special_text(info.eos),
+            n_ctx: info.settings.n_ctx,
+        };
+        let load_id = STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            s.loads += 1;
+            s.loads
+        });
+        // A model without a usable chat format still loads; sessions then
+        // report the missing template when they are used.
+        let profile = ModelProfile::new(&HostEngine, &facts, load_id)
+            .map_err(|e| app_error(SessionError::Template(e)));
+        let profile = match profile {
+            Ok(p) => p,
+            Err(e) => {
+                inf::unload();
+                return Err(e);
+            }
+        };
+        STATE.with(|s| {
+            s.borrow_mut().loaded = Some(Loaded {
+                profile: Rc::new(profile),
+            });
+        });
+        Ok(info)
+    }
+
+    fn render_prompt(
+        messages: Vec<api::Message>,
+        add_generation_prompt: bool,
+    ) -> Result<api::RenderedPrompt, api::AppError> {
+        let profile = current_profile()?;
+        let mut msgs = Vec::with_capacity(messages.len());
+        for m in &messages {
+            let role = Role::parse(&m.role).ok_or_else(|| {
+                api::AppError::InvalidArgument(format!(
+                    "unknown role `{}` (system, user, assistant)",
+                    m.role
+                ))
+            })?;
+            msgs.push((role, m.content.as_str()));
+        }
+        let (text, tokens) =
+            session::render_prompt(&HostEngine, &profile, &msgs, add_generation_prompt)
+                .map_err(app_error)?;
+        Ok(api::RenderedPrompt { text, tokens })
+    }
+}
+
+/// A session and the KV sequence it leases; the lease ends when the last
+/// holder (the session handle or a generation) is dropped.
+struct Shared {
+    session: RefCell<Session>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let s = self.session.get_mut();
+        let seq = s.seq();
+        let load_id = s.profile().load_id;
+        STATE.with(|state| {
+            let mut state = state.borrow_mut();
+            let current = state.loaded.as_ref().map(|l| l.profile.load_id);
+            if current == Some(load_id) {
+                HostEngine.kv_clear(seq);
+                if let Some(slot) = state.seq_in_use.get_mut(seq as usize) {
+                    *slot = false;
+                }
+            }
+        });
+    }
+}
+
+/// The exported `session` resource.
+pub struct SessionResource {
+    shared: Rc<Shared>,
+}
+
+impl api::GuestSession for SessionResource {
+    fn open(kind: api::SessionKind) -> Result<api::Session, api::AppError> {
+        let profile = current_profile()?;
+        let seq = STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            let free = s.seq_in_use.iter().position(|used| !used)?;
+            s.seq_in_use[free] = true;
+            Some(free as u32)
+        });
+        let seq = seq.ok_or(api::AppError::Busy)?;
+        HostEngine.kv_clear(seq);
+        let kind = match kind {
+            api::SessionKind::Chat => SessionKind::Chat,
+            api::SessionKind::Translation => SessionKind::Translation,
+        };
+        let session = Session::new(kind, seq, profile);
+        Ok(api::Session::new(SessionResource {
+            shared: Rc::new(Shared {
+                session: RefCell::new(session),
+            }),
+        }))
+    }
+
+    fn configure(&self, o: api::SessionOptions) -> Result<(), api::AppError> {
+        let mut s = self.shared.session.borrow_mut();
+        let mut opts = s.options().clone();
+        if let Some(v) = o.max_tokens {
+            opts.max_tokens = v;
+        }
+        if let Some(v) = o.temperature {
+            opts.sampler.temperature = v;
+        }
+        if let Some(v) = o.top_k {
+            opts.sampler.top_k = v;
+        }
+        if let Some(v) = o.top_p {
+            opts.sampler.top_p = v;
+        }
+        if let Some(v) = o.min_p {
+            opts.sampler.min_p = v;
+        }
+        if let Some(v) = o.repeat_penalty {
+            opts.sampler.repeat_penalty = v;
+        }
+        if let Some(v) = o.seed {
+            opts.sampler.seed = v;
+        }
+        if let Some(v) = o.stop_strings {
+            opts.stop_strings = v;
+        }
+        if let Some(v) = o.system_prompt {
+            opts.system_prompt = Some(v);
+        }
+        s.set_options(opts).map_err(app_error)
+    }
+
+    fn set_languages(&self, source: Option<String>, target: String) -> Result<(), api::AppError> {
+        self.shared
+            .session
+            .borrow_mut()
+            .set_languages(source.as_deref(), &target)
+            .map_err(app_error)
+    }
+
+    fn send(&self, text: String) -> Result<api::Generation, api::AppError> {
+        let generation = self
+            .shared
+            .session
+            .borrow_mut()
+            .send(&HostEngine, &text)
+            .map_err(app_error)?;
+        Ok(api::Generation::new(GenerationResource {
+            shared: self.shared.clone(),
+            generation: RefCell::new(generation),
+        }))
+    }
+
+    fn reset(&self) {
+        self.shared.session.borrow_mut().reset(&HostEngine);
+    }
+
+    fn history(&self) -> Vec<api::Message> {
+        self.shared
+            .session
+            .borrow()
+            .history()
+            .into_iter()
+            .map(|(role, content)| api::Message {
+                role: role.as_str().to_owned(),
+                content,
+            })
+            .collect()
+    }
+
+    fn kv_tokens(&self) -> u32 {
+        self.shared.session.borrow().kv_tokens() as u32
+    }
+}
+
+/// The exported `generation` resource.
+pub struct GenerationResource {
+    shared: Rc<Shared>,
+    generation: RefCell<session::Generation<HostSampler>>,
+}
+
+impl api::GuestGeneration for GenerationResource {
+    fn next(&self) -> Result<Option<String>, api::AppError> {
+        let mut session = self.shared.session.borrow_mut();
+        self.generation
+            .borrow_mut()
+            .next(&mut session, &HostEngine)
+            .map_err(app_error)
+    }
+
+    fn stats(&self) -> Option<api::GenerationStats> {
+        let g = self.generation.borrow();
+        let s = g.stats()?;
+        Some(api::GenerationStats {
+            stop: match s.stop {
+                StopReason::EndOfGeneration => api::StopReason::EndOfGeneration,
+                StopReason::MaxTokens => api::StopReason::MaxTokens,
+                StopReason::StopString => api::StopReason::StopString,
+                StopReason::Cancelled => api::StopReason::Cancelled,
+            },
+            prompt_tokens: s.prompt_tokens,
+            generated_tokens: s.generated_tokens,
+            kv_tokens: s.kv_tokens,
+            dropped_turns: s.dropped_turns,
+            ttft_ms: s.ttft_ms,
+            prompt_ms: s.prompt_ms,
+            decode_ms: s.decode_ms,
+            prompt_tokens_per_s: s.prompt_tokens_per_s(),
+            decode_tokens_per_s: s.decode_tokens_per_s(),
+        })
+    }
+}
+
+impl Drop for GenerationResource {
+    fn drop(&mut self) {
+        // A reply the app stopped pulling still ends up in the history.
+        let mut session = self.shared.session.borrow_mut();
+        self.generation
+            .get_mut()
+            .finish(&mut session, StopReason::Cancelled);
+    }
+}
+
+export!(Component);

@@ -1,0 +1,488 @@
+//! `bittybot bench`: the full path through the guest against a raw
+//! llama-cpp-2 loop with no guest, on the same model, threads, prompt tokens
+//! and greedy sampling, interleaved repetition by repetition so drift in the
+//! machine hits both alike.
+//!
+//! Definitions (the same for both paths):
+//! - load: model file → ready context;
+//! - TTFT: from handing over the prompt to the first visible text (raw: the
+//!   first sampled token's text), measured on the host;
+//! - prompt tok/s: prompt tokens ÷ prompt evaluation time;
+//! - decode tok/s: (generated − 1) ÷ time from the first to the last sampled token.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use serde::Serialize;
+
+use crate::guest::GuestSource;
+use crate::llama::{LlamaError, backend};
+use crate::{
+    LoadOptions, Message, ModelSource, Runtime, RuntimeError, RuntimeOptions, SessionKind,
+    SessionOptions,
+};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The GGUF model.
+    pub model: PathBuf,
+    /// The runtime's data directory.
+    pub data_dir: PathBuf,
+    /// The guest.
+    pub guest: GuestSource,
+    /// Generation threads (default: the guest's choice, used for both paths).
+    pub threads: Option<u32>,
+    /// Prompt threads (default: the guest's choice).
+    pub threads_batch: Option<u32>,
+    /// Context per sequence.
+    pub n_ctx: u32,
+    /// Logical batch.
+    pub n_batch: u32,
+    /// Repetitions.
+    pub reps: usize,
+    /// The user message.
+    pub prompt: String,
+    /// The system prompt.
+    pub system: String,
+    /// Most tokens generated per repetition.
+    pub max_tokens: u32,
+}
+
+/// One repetition's figures.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Sample {
+    /// ms.
+    pub ttft_ms: f64,
+    /// tokens/s.
+    pub prompt_tps: f64,
+    /// tokens/s.
+    pub decode_tps: f64,
+    /// Prompt tokens evaluated.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub generated: u32,
+}
+
+/// Median and spread of a series.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Summary {
+    /// Median.
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// Median, min and max of values (zeros when empty).
+pub fn summarize(values: &[f64]) -> Summary {
+    if values.is_empty() {
+        return Summary {
+            median: 0.0,
+            min: 0.0,
+            max: 0.0,
+        };
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Summary {
+        median,
+        min: v[0],
+        max: v[n - 1],
+    }
+}
+
+/// One path's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathReport {
+    /// Model load, ms.
+    pub load_ms: f64,
+    /// TTFT.
+    pub ttft_ms: Summary,
+    /// Prompt speed.
+    pub prompt_tps: Summary,
+    /// Decode speed.
+    pub decode_tps: Summary,
+    /// Every repetition.
+    pub samples: Vec<Sample>,
+}
+
+impl PathReport {
+    fn new(load_ms: f64, samples: Vec<Sample>) -> Self {
+        let col = |f: fn(&Sample) -> f64| summarize(&samples.iter().map(f).collect::<Vec<_>>());
+        PathReport {
+            load_ms,
+            ttft_ms: col(|s| s.ttft_ms),
+            prompt_tps: col(|s| s.prompt_tps),
+            decode_tps: col(|s| s.decode_tps),
+            samples,
+        }
+    }
+}
+
+/// Guest start-up figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct StartFigures {
+    /// First start: component load (compile when the cache was empty), ms.
+    pub first_component_ms: f64,
+    /// First start: how the component was obtained.
+    pub first_outcome: String,
+    /// Second start: component from the cache, ms.
+    pub cached_component_ms: f64,
+    /// Second start: how the component was obtained.
+    pub cached_outcome: String,
+    /// Second start: link + instantiate (+ inference thread), ms.
+    pub cached_instantiate_ms: f64,
+}
+
+/// The whole benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Model file.
+    pub model: String,
+    /// Model bytes.
+    pub model_bytes: u64,
+    /// Generation threads.
+    pub threads: u32,
+    /// Prompt threads.
+    pub threads_batch: u32,
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Repetitions.
+    pub reps: usize,
+    /// Raw llama-cpp-2.
+    pub raw: PathReport,
+    /// Through the guest.
+    pub guest: PathReport,
+    /// guest decode tok/s ÷ raw (medians).
+    pub decode_ratio: f64,
+    /// guest prompt tok/s ÷ raw (medians).
+    pub prompt_ratio: f64,
+    /// guest TTFT − raw TTFT (medians), ms.
+    pub ttft_overhead_ms: f64,
+    /// Guest start-up.
+    pub start: StartFigures,
+    /// Whether both paths generated the same number of tokens every time.
+    pub same_tokens: bool,
+}
+
+/// Errors of the benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// llama.cpp failed in the raw loop.
+    #[error(transparent)]
+    Llama(#[from] LlamaError),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The raw llama-cpp-2 loop: model, context, greedy sampler.
+struct RawLoop {
+    model: &'static LlamaModel,
+    ctx: llama_cpp_2::context::LlamaContext<'static>,
+    n_batch: usize,
+}
+
+impl RawLoop {
+    fn load(
+        cfg: &BenchConfig,
+        threads: u32,
+        threads_batch: u32,
+        n_seq: u32,
+    ) -> Result<(Self, f64), BenchError> {
+        let t = Instant::now();
+        let backend = backend()?;
+        let params = LlamaModelParams::default();
+        let model = LlamaModel::load_from_file(backend, &cfg.model, &params)
+            .map_err(|e| BenchError::Other(format!("raw loop: cannot load model: {e}")))?;
+        // Leaked for the process lifetime: the context borrows it, and the
+        // bench runs once per process.
+        let model: &'static LlamaModel = Box::leak(Box::new(model));
+        let ctx = model
+            .new_context(
+                backend,
+                LlamaContextParams::default()
+                    .with_n_ctx(NonZeroU32::new(cfg.n_ctx * n_seq))
+                    .with_n_seq_max(n_seq)
+                    .with_n_batch(cfg.n_batch)
+                    .with_n_ubatch(cfg.n_batch.min(512))
+                    .with_n_threads(threads as i32)
+                    .with_n_threads_batch(threads_batch as i32),
+            )
+            .map_err(|e| BenchError::Other(format!("raw loop: cannot create context: {e}")))?;
+        Ok((
+            RawLoop {
+                model,
+                ctx,
+                n_batch: cfg.n_batch as usize,
+            },
+            ms(t.elapsed()),
+        ))
+    }
+
+    fn run(
+        &mut self,
+        prompt: &[LlamaToken],
+        max_tokens: u32,
+    ) -> Result<(Sample, Vec<i32>), BenchError> {
+        let decode_err =
+            |e: llama_cpp_2::DecodeError| BenchError::Other(format!("raw loop: decode: {e}"));
+        self.ctx.clear_kv_cache();
+        let vocab = self.model.vocab();
+        let mut sampler = LlamaSampler::greedy();
+        let mut batch = LlamaBatch::new(self.n_batch.max(1), 1);
+        let start = Instant::now();
+        let last = prompt.len() - 1;
+        for (c, chunk) in prompt.chunks(self.n_batch).enumerate() {
+            batch.clear();
+            for (i, &t) in chunk.iter().enumerate() {
+                let pos = c * self.n_batch + i;
+                batch
+                    .add(t, pos as i32, &[0], pos == last)
+                    .map_err(|e| BenchError::Other(e.to_string()))?;
+            }
+            self.ctx.decode(&mut batch).map_err(decode_err)?;
+        }
+        let prompt_done = Instant::now();
+        let mut pos = prompt.len() as i32;
+        let mut tokens = Vec::new();
+        let mut first = None;
+        let mut ttft = None;
+        let mut last_at = prompt_done;
+        let mut pending = Vec::new();
+        loop {
+            let t = sampler.sample(&self.ctx, -1);
+            let now = Instant::now();
+            first.get_or_insert(now);
+            if vocab.is_eog(t) {
+                break;
+            }
+            last_at = now;
+            tokens.push(t.0);
+            pending.extend(vocab.token_to_piece(t, false, None));
+            if ttft.is_none() && std::str::from_utf8(&pending).is_ok_and(|s| !s.is_empty()) {
+                ttft = Some(Instant::now());
+            }
+            if tokens.len() as u32 >= max_tokens {
+                break;
+            }
+            batch.clear();
+            batch
+                .add(t, pos, &[0], true)
+                .map_err(|e| BenchError::Other(e.to_string()))?;
+            pos += 1;
+            self.ctx.decode(&mut batch).map_err(decode_err)?;
+        }
+        let end = Instant::now();
+        let generated = tokens.len() as u32;
+        let decode_ms = first.map_or(0.0, |f| ms(last_at.duration_since(f)));
+        let sample = Sample {
+            ttft_ms: ms(ttft.unwrap_or(end).duration_since(start)),
+            prompt_tps: prompt.len() as f64 / prompt_done.duration_since(start).as_secs_f64(),
+            decode_tps: if decode_ms > 0.0 {
+                (generated.saturating_sub(1)) as f64 * 1000.0 / decode_ms
+            } else {
+                0.0
+            },
+            prompt_tokens: prompt.len() as u32,
+            generated,
+        };
+        Ok((sample, tokens))
+    }
+}
+
+fn runtime_options(cfg: &BenchConfig) -> RuntimeOptions {
+    let mut o = RuntimeOptions::new(&cfg.data_dir);
+    o.guest = cfg.guest.clone();
+    o.model = Some(cfg.model.clone());
+    o
+}
+
+/// Run the benchmark.
+pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchReport, BenchError> {
+    if cfg.reps == 0 {
+        return Err(BenchError::Other(
+            "at least one repetition is needed".into(),
+        ));
+    }
+    // Start-up: a first start (compiles when the cache is empty), then a
+    // second one that must come from the cache.
+    let first = Runtime::start(runtime_options(cfg))?;
+    let first_report = first.start_report().clone();
+    drop(first);
+    let mut rt = Runtime::start(runtime_options(cfg))?;
+    let second = rt.start_report().clone();
+
+    progress("loading the model through the guest");
+    let t = Instant::now();
+    let info = rt.load_model(&LoadOptions {
+        source: ModelSource::Provided,
+        n_ctx: Some(cfg.n_ctx),
+        n_batch: Some(cfg.n_batch),
+        threads: cfg.threads,
+        threads_batch: cfg.threads_batch,
+        use_mmap: Some(true),
+    })?;
+    let guest_load_ms = ms(t.elapsed());
+    let threads = info.settings.threads;
+    let threads_batch = info.settings.threads_batch;
+
+    let session = rt.open_session(SessionKind::Chat)?;
+    let mut opts = SessionOptions::unchanged();
+    opts.temperature = Some(0.0);
+    opts.repeat_penalty = Some(1.0);
+    opts.max_tokens = Some(cfg.max_tokens);
+    opts.system_prompt = Some(cfg.system.clone());
+    rt.configure(&session, &opts)?;
+    let rendered = rt.render_prompt(
+        &[
+            Message {
+                role: "system".into(),
+                content: cfg.system.clone(),
+            },
+            Message {
+                role: "user".into(),
+                content: cfg.prompt.clone(),
+            },
+        ],
+        true,
+    )?;
+    let prompt_tokens: Vec<LlamaToken> = rendered.tokens.iter().map(|&t| LlamaToken(t)).collect();
+    if prompt_tokens.is_empty() {
+        return Err(BenchError::Other("the prompt rendered to no tokens".into()));
+    }
+
+    progress("loading the model for the raw loop");
+    // The same context shape as the guest's (sequences × context), so only
+    // the path differs.
+    let (mut raw, raw_load_ms) =
+        RawLoop::load(cfg, threads, threads_batch, info.settings.n_seq_max)?;
+
+    // One unmeasured round each: first-touch of pages, thread pools, caches.
+    raw.run(&prompt_tokens, cfg.max_tokens.min(8))?;
+    rt.reset(&session)?;
+    let _ = rt.chat(&session, &cfg.prompt)?;
+
+    let mut raw_samples = Vec::new();
+    let mut guest_samples = Vec::new();
+    let mut same_tokens = true;
+    for rep in 0..cfg.reps {
+        progress(&format!("repetition {}/{}", rep + 1, cfg.reps));
+        let (r, _) = raw.run(&prompt_tokens, cfg.max_tokens)?;
+        raw_samples.push(r);
+
+        rt.reset(&session)?;
+        let start = Instant::now();
+        let generation = rt.send(&session, &cfg.prompt)?;
+        let mut ttft = None;
+        while let Some(_chunk) = rt.next(&generation)? {
+            ttft.get_or_insert_with(|| start.elapsed());
+        }
+        let stats = rt
+            .stats(&generation)?
+            .ok_or_else(|| BenchError::Other("no stats".into()))?;
+        rt.close_generation(generation)?;
+        let g = Sample {
+            ttft_ms: ms(ttft.unwrap_or_else(|| start.elapsed())),
+            prompt_tps: stats.prompt_tokens_per_s,
+            decode_tps: stats.decode_tokens_per_s,
+            prompt_tokens: stats.prompt_tokens,
+            generated: stats.generated_tokens,
+        };
+        same_tokens &= g.generated == r.generated && g.prompt_tokens == r.prompt_tokens;
+        guest_samples.push(g);
+    }
+    rt.close_session(session)?;
+
+    let raw = PathReport::new(raw_load_ms, raw_samples);
+    let guest = PathReport::new(guest_load_ms, guest_samples);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    Ok(BenchReport {
+        model: cfg.model.display().to_string(),
+        model_bytes: std::fs::metadata(&cfg.model).map(|m| m.len()).unwrap_or(0),
+        threads,
+        threads_batch,
+        prompt_tokens: prompt_tokens.len() as u32,
+        reps: cfg.reps,
+        decode_ratio: ratio(guest.decode_tps.median, raw.decode_tps.median),
+        prompt_ratio: ratio(guest.prompt_tps.median, raw.prompt_tps.median),
+        ttft_overhead_ms: guest.ttft_ms.median - raw.ttft_ms.median,
+        raw,
+        guest,
+        start: StartFigures {
+            first_component_ms: first_report.component.component_ms,
+            first_outcome: format!("{:?}", first_report.component.outcome),
+            cached_component_ms: second.component.component_ms,
+            cached_outcome: format!("{:?}", second.component.outcome),
+            cached_instantiate_ms: second.instantiate_ms,
+        },
+        same_tokens,
+    })
+}
+
+/// The report as a table.
+pub fn table(r: &BenchReport) -> String {
+    let row = |name: &str, p: &PathReport| {
+        let s = |x: Summary, prec: usize| {
+            format!("{:.p$} [{:.p$}–{:.p$}]", x.median, x.min, x.max, p = prec)
+        };
+        format!(
+            "{name:<16} {:>9.1}  {:>24}  {:>24}  {:>24}\n",
+            p.load_ms,
+            s(p.ttft_ms, 1),
+            s(p.prompt_tps, 0),
+            s(p.decode_tps, 1)
+        )
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "model {} ({:.1} MB), threads {}/{} (decode/prompt), prompt {} tokens, {} repetitions (median [min–max])\n\n",
+        r.model,
+        r.model_bytes as f64 / 1e6,
+        r.threads,
+        r.threads_batch,
+        r.prompt_tokens,
+        r.reps
+    ));
+    out.push_str(&format!(
+        "{:<16} {:>9}  {:>24}  {:>24}  {:>24}\n",
+        "path", "load ms", "TTFT ms", "prompt tok/s", "decode tok/s"
+    ));
+    out.push_str(&row("raw llama-cpp-2", &r.raw));
+    out.push_str(&row("through guest", &r.guest));
+    out.push_str(&format!(
+        "\nguest ÷ raw: decode {:.3}×, prompt {:.3}×, TTFT overhead {:+.2} ms; same token counts: {}\n",
+        r.decode_ratio, r.prompt_ratio, r.ttft_overhead_ms, r.same_tokens
+    ));
+    out.push_str(&format!(
+        "guest start: first {:.1} ms ({}), second {:.2} ms ({}) + instantiate {:.2} ms\n",
+        r.start.first_component_ms,
+        r.start.first_outcome,
+        r.start.cached_component_ms,
+        r.start.cached_outcome,
+        r.start.cached_instantiate_ms
+    ));
+    out
+}

@@ -1,0 +1,18 @@
+//! The host side of the `bittybot:core` WIT package, generated once here.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "bittybot",
+    imports: {
+        // Only a host failure (the inference thread gone, the table full) makes these trap.
+        "bittybot:core/inference.[constructor]sampler": trappable,
+    },
+    additional_derives: [PartialEq],
+    with: {
+        "bittybot:core/inference.sampler": crate::imports::inference::SamplerHandle,
+        "bittybot:core/inference.kv-snapshot": crate::imports::inference::SnapshotHandle,
+    },
+});
+
+pub use bittybot::core::{inference, platform, types};
+pub use exports::bittybot::core::app;

@@ -1,0 +1,232 @@
+//! Command-line arguments and the commands behind them.
+
+mod chat;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use bittybot_host::bench::{self, BenchConfig};
+use bittybot_host::{GuestSource, LoadOptions, Message, ModelSource, Runtime, RuntimeOptions};
+
+/// BittyBot: an offline chat and translation assistant on llama.cpp.
+#[derive(Debug, Parser)]
+#[command(name = "bittybot", version)]
+pub struct Cli {
+    /// Data directory (models/, state/, cache/). Default: $BITTYBOT_HOME,
+    /// else $XDG_DATA_HOME/bittybot, else ~/.local/share/bittybot.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Run this guest component instead of the built-in one.
+    #[arg(long, global = true)]
+    pub guest: Option<PathBuf>,
+    /// Print start-up figures (guest cache, instantiation) to stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Model and load settings shared by the commands that load a model.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// The GGUF model file.
+    #[arg(short = 'm', long)]
+    pub model: PathBuf,
+    /// Generation threads (default: the number of fast cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<u32>,
+    /// Prompt-processing threads (default: chosen with the generation threads).
+    #[arg(long)]
+    pub threads_batch: Option<u32>,
+    /// Context length per session, in tokens.
+    #[arg(short = 'c', long)]
+    pub ctx_size: Option<u32>,
+    /// Logical batch size for prompt processing.
+    #[arg(short = 'b', long)]
+    pub batch_size: Option<u32>,
+}
+
+impl ModelArgs {
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            source: ModelSource::Provided,
+            n_ctx: self.ctx_size,
+            n_batch: self.batch_size,
+            threads: self.threads,
+            threads_batch: self.threads_batch,
+            use_mmap: None,
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Chat with the model: one-shot with -p, interactive otherwise.
+    Chat(chat::ChatArgs),
+    /// Translate one text.
+    Translate(chat::TranslateArgs),
+    /// Print the exact prompt a conversation renders to, and its token count.
+    Prompt {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// JSON file: [{"role": "system"|"user"|"assistant", "content": "…"}, …]
+        #[arg(long)]
+        messages: PathBuf,
+        /// Leave out the generation prompt (the opening of the assistant turn).
+        #[arg(long)]
+        no_generation_prompt: bool,
+    },
+    /// Measure the path through the guest against a raw llama-cpp-2 loop.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Repetitions (median and spread are reported).
+        #[arg(short = 'r', long, default_value_t = 7)]
+        reps: usize,
+        /// Tokens to generate per repetition.
+        #[arg(short = 'n', long, default_value_t = 128)]
+        max_tokens: u32,
+        /// The user message.
+        #[arg(short = 'p', long, default_value = bench_prompt())]
+        prompt: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn bench_prompt() -> &'static str {
+    "Write a detailed, friendly explanation of how a bicycle's gears work, for a curious child."
+}
+
+/// The data directory from the flag or the environment.
+pub fn data_dir(flag: Option<&PathBuf>) -> PathBuf {
+    if let Some(d) = flag {
+        return d.clone();
+    }
+    if let Some(d) = std::env::var_os("BITTYBOT_HOME") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("bittybot");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/bittybot")
+}
+
+fn guest_source(cli_guest: Option<&PathBuf>) -> Result<GuestSource> {
+    match cli_guest {
+        Some(p) => Ok(GuestSource::from_file(p)?),
+        None => Ok(GuestSource::builtin()),
+    }
+}
+
+/// Start a runtime for a model file.
+pub fn start_runtime(cli: &CliContext, model: Option<&PathBuf>) -> Result<Runtime> {
+    let mut options = RuntimeOptions::new(&cli.data_dir);
+    options.guest = cli.guest.clone();
+    options.model = model.cloned();
+    let rt = Runtime::start(options)?;
+    if cli.verbose {
+        let r = rt.start_report();
+        eprintln!(
+            "guest {} ({}): component {:.2} ms ({:?}), instantiate {:.2} ms, start {:.2} ms",
+            rt.guest().label(),
+            &rt.guest().sha256()[..12],
+            r.component.component_ms,
+            r.component.outcome,
+            r.instantiate_ms,
+            r.total_ms
+        );
+    }
+    Ok(rt)
+}
+
+/// What every command needs from the global flags.
+pub struct CliContext {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// The guest.
+    pub guest: GuestSource,
+    /// Print start-up figures.
+    pub verbose: bool,
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let ctx = CliContext {
+        data_dir: data_dir(cli.data_dir.as_ref()),
+        guest: guest_source(cli.guest.as_ref())?,
+        verbose: cli.verbose,
+    };
+    match cli.command {
+        Command::Chat(args) => chat::chat(&ctx, &args),
+        Command::Translate(args) => chat::translate(&ctx, &args),
+        Command::Prompt {
+            model,
+            messages,
+            no_generation_prompt,
+        } => {
+            let text = std::fs::read_to_string(&messages)
+                .with_context(|| format!("cannot read {}", messages.display()))?;
+            let messages: Vec<serde_json::Value> = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a JSON list", messages.display()))?;
+            let messages = messages
+                .iter()
+                .map(|m| {
+                    let role = m
+                        .get("role")
+                        .and_then(|r| r.as_str())
+                        .context("a message has no \"role\"")?;
+                    let content = m
+                        .get("content")
+                        .and_then(|c| c.as_str())
+                        .context("a message has no \"content\"")?;
+                    Ok(Message {
+                        role: role.to_owned(),
+                        content: content.to_owned(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut rt = start_runtime(&ctx, Some(&model.model))?;
+            rt.load_model(&model.load_options())?;
+            let rendered = rt.render_prompt(&messages, !no_generation_prompt)?;
+            print!("{}", rendered.text);
+            eprintln!("\n--- {} tokens", rendered.tokens.len());
+            Ok(())
+        }
+        Command::Bench {
+            model,
+            reps,
+            max_tokens,
+            prompt,
+            json,
+        } => {
+            let cfg = BenchConfig {
+                model: model.model.clone(),
+                data_dir: ctx.data_dir.clone(),
+                guest: ctx.guest.clone(),
+                threads: model.threads,
+                threads_batch: model.threads_batch,
+                n_ctx: model.ctx_size.unwrap_or(2048),
+                n_batch: model.batch_size.unwrap_or(512),
+                reps,
+                prompt,
+                system: "You are a helpful assistant.".into(),
+                max_tokens,
+            };
+            let report = bench::run(&cfg, |m| eprintln!("bench: {m}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", bench::table(&report));
+            }
+            Ok(())
+        }
+    }
+}

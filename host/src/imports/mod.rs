@@ -1,0 +1,10 @@
+//! One module per imported WIT interface, each holding exactly that
+//! interface's `Host` implementation on its own small context.
+
+pub mod inference;
+pub mod platform;
+
+/// The `types` interface defines only types.
+pub struct TypesCtx;
+
+impl crate::bindings::types::Host for TypesCtx {}

@@ -1,0 +1,57 @@
+//! BittyBot's native host: runs the guest component (all app policy) in
+//! wasmtime and gives it llama.cpp inference, device facts and, later,
+//! downloads and page warmup as imported WIT functions.
+//!
+//! The `bittybot` CLI (`src/main.rs`) and the Android JNI library are thin
+//! layers over [`Runtime`].
+
+pub mod bench;
+pub mod bindings;
+pub mod device;
+pub mod folders;
+pub mod guest;
+pub mod imports;
+pub mod llama;
+pub mod runtime;
+
+pub use bindings::app::{
+    AppError, GenerationStats, InputTooLong, LoadOptions, Message, RenderedPrompt, SessionKind,
+    SessionOptions, StopReason,
+};
+pub use bindings::inference::{LoadSettings, ModelInfo};
+pub use bindings::types::ModelSource;
+pub use guest::{CacheOutcome, GuestError, GuestSource};
+pub use runtime::{
+    CancelHandle, Generation, Runtime, RuntimeError, RuntimeOptions, Session, StartReport,
+};
+
+impl LoadOptions {
+    /// Load the model the host was given, with every setting left to the guest.
+    pub fn provided() -> Self {
+        LoadOptions {
+            source: ModelSource::Provided,
+            n_ctx: None,
+            n_batch: None,
+            threads: None,
+            threads_batch: None,
+            use_mmap: None,
+        }
+    }
+}
+
+impl SessionOptions {
+    /// No changes.
+    pub fn unchanged() -> Self {
+        SessionOptions {
+            max_tokens: None,
+            temperature: None,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+            repeat_penalty: None,
+            seed: None,
+            stop_strings: None,
+            system_prompt: None,
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests: the real guest component on the real host with real
+//! GGUF models. One binary, one module per topic.
+
+mod chat;
+mod errors;
+mod guest_cache;
