@@ -11,20 +11,10 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 fn main() {
-    let manifest = PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
-    let root = manifest
-        .parent()
-        .expect("host/ is inside the workspace")
-        .to_path_buf();
-    for p in [
-        "guest/src",
-        "guest/templates",
-        "guest/Cargo.toml",
-        "wit",
-        "Cargo.lock",
-    ] {
+    let manifest =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().expect("host/ is inside the workspace").to_path_buf();
+    for p in ["guest/src", "guest/templates", "guest/Cargo.toml", "wit", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
 
@@ -33,16 +23,10 @@ fn main() {
     let embedded = out.join("bittybot_guest.wasm");
     std::fs::copy(&wasm, &embedded).expect("copy the guest into OUT_DIR");
     let bytes = std::fs::read(&embedded).expect("read the guest");
-    let sum: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sum: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     println!("cargo:rustc-env=BITTYBOT_GUEST_WASM={}", embedded.display());
     println!("cargo:rustc-env=BITTYBOT_GUEST_SHA256={sum}");
-    println!(
-        "cargo:rustc-env=BITTYBOT_LLAMA_CPP_VERSION={}",
-        llama_version(&root)
-    );
+    println!("cargo:rustc-env=BITTYBOT_LLAMA_CPP_VERSION={}", llama_version(&root));
 }
 
 /// Build the guest with extra cargo arguments (e.g. features); returns the `.wasm`.
@@ -51,15 +35,7 @@ fn build_guest(root: &Path, extra: &[&str]) -> PathBuf {
     let target_dir = root.join("target").join("guest");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args([
-            "rustc",
-            "-p",
-            "bittybot-guest",
-            "--target",
-            "wasm32-wasip2",
-            "--profile",
-            "guest",
-        ])
+        .args(["rustc", "-p", "bittybot-guest", "--target", "wasm32-wasip2", "--profile", "guest"])
         .args(["--crate-type", "cdylib"])
         .args(extra)
         .env("CARGO_TARGET_DIR", &target_dir);
@@ -107,10 +83,7 @@ fn llama_version(root: &Path) -> String {
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
         if line.trim() == "name = \"llama-cpp-sys-2\"" {
-            if let Some(v) = lines
-                .next()
-                .and_then(|l| l.trim().strip_prefix("version = "))
-            {
+            if let Some(v) = lines.next().and_then(|l| l.trim().strip_prefix("version = ")) {
                 return format!("llama-cpp-sys-2 {}", v.trim_matches('"'));
             }
         }

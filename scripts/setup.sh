@@ -35,7 +35,7 @@ VENV="$CACHE/venv"
 if ! "$VENV/bin/python" -c 'import gguf, jinja2' >/dev/null 2>&1; then
   say "creating $VENV with gguf and jinja2"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check gguf==0.19.0 jinja2
+  "$VENV/bin/pip" install -q --disable-pip-version-check gguf==0.19.0 numpy==2.4.6 jinja2==3.1.6
 fi
 
 # 4. The demo model.

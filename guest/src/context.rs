@@ -32,11 +32,7 @@ pub fn common_prefix(a: &[Token], b: &[Token]) -> usize {
 pub fn plan(old: &[Token], new: &[Token], allow_shift: bool) -> KvPlan {
     let prefix = common_prefix(old, new);
     if prefix == old.len() {
-        return KvPlan {
-            keep_prefix: prefix,
-            shift_from: None,
-            reused: prefix,
-        };
+        return KvPlan { keep_prefix: prefix, shift_from: None, reused: prefix };
     }
     if allow_shift {
         let wanted = &new[prefix..];
@@ -44,19 +40,11 @@ pub fn plan(old: &[Token], new: &[Token], allow_shift: bool) -> KvPlan {
         for from in prefix + 1..old.len() {
             let tail = &old[from..];
             if tail.len() <= wanted.len() && wanted.starts_with(tail) {
-                return KvPlan {
-                    keep_prefix: prefix,
-                    shift_from: Some(from),
-                    reused: prefix + tail.len(),
-                };
+                return KvPlan { keep_prefix: prefix, shift_from: Some(from), reused: prefix + tail.len() };
             }
         }
     }
-    KvPlan {
-        keep_prefix: prefix,
-        shift_from: None,
-        reused: prefix,
-    }
+    KvPlan { keep_prefix: prefix, shift_from: None, reused: prefix }
 }
 
 #[cfg(test)]
@@ -66,14 +54,7 @@ mod tests {
     #[test]
     fn appending_reuses_everything() {
         let p = plan(&[1, 2, 3], &[1, 2, 3, 4, 5], false);
-        assert_eq!(
-            p,
-            KvPlan {
-                keep_prefix: 3,
-                shift_from: None,
-                reused: 3
-            }
-        );
+        assert_eq!(p, KvPlan { keep_prefix: 3, shift_from: None, reused: 3 });
     }
 
     #[test]
@@ -89,14 +70,7 @@ mod tests {
         let old = [1, 2, 10, 11, 20, 21, 30];
         let new = [1, 2, 20, 21, 30, 40, 41];
         let p = plan(&old, &new, true);
-        assert_eq!(
-            p,
-            KvPlan {
-                keep_prefix: 2,
-                shift_from: Some(4),
-                reused: 5
-            }
-        );
+        assert_eq!(p, KvPlan { keep_prefix: 2, shift_from: Some(4), reused: 5 });
     }
 
     #[test]

@@ -105,11 +105,7 @@ pub fn choose_threads(
     if let Some(b) = explicit_batch.filter(|&b| b > 0) {
         batch = b;
     }
-    Threads {
-        decode,
-        batch,
-        source,
-    }
+    Threads { decode, batch, source }
 }
 
 #[cfg(test)]
@@ -117,25 +113,17 @@ mod tests {
     use super::*;
 
     fn core(id: u32, freq: Option<u32>, cap: Option<u32>, cluster: u32) -> Core {
-        Core {
-            id,
-            online: true,
-            max_freq_khz: freq,
-            capacity: cap,
-            cluster: Some(cluster),
-        }
+        Core { id, online: true, max_freq_khz: freq, capacity: cap, cluster: Some(cluster) }
     }
 
     /// Exynos 1280: CPUs 0-5 are A55 @ 2.0 GHz, 6-7 are A78 @ 2.4 GHz.
     fn exynos_1280() -> Vec<Core> {
         (0..8)
-            .map(|i| {
-                if i < 6 {
-                    core(i, Some(2_002_000), None, 0)
-                } else {
-                    core(i, Some(2_400_000), None, 1)
-                }
-            })
+            .map(
+                |i| {
+                    if i < 6 { core(i, Some(2_002_000), None, 0) } else { core(i, Some(2_400_000), None, 1) }
+                },
+            )
             .collect()
     }
 
@@ -194,15 +182,9 @@ mod tests {
     fn precedence_explicit_over_tuned_over_topology() {
         let cores = exynos_1280();
         let tuned = choose_threads(&cores, 8, Some((3, 6)), None, None);
-        assert_eq!(
-            (tuned.decode, tuned.batch, tuned.source),
-            (3, 6, ThreadSource::Tuned)
-        );
+        assert_eq!((tuned.decode, tuned.batch, tuned.source), (3, 6, ThreadSource::Tuned));
         let explicit = choose_threads(&cores, 8, Some((3, 6)), Some(4), None);
-        assert_eq!(
-            (explicit.decode, explicit.batch, explicit.source),
-            (4, 6, ThreadSource::Explicit)
-        );
+        assert_eq!((explicit.decode, explicit.batch, explicit.source), (4, 6, ThreadSource::Explicit));
         let both = choose_threads(&cores, 8, None, Some(1), Some(5));
         assert_eq!((both.decode, both.batch), (1, 5));
     }

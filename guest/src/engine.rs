@@ -29,14 +29,9 @@ impl std::fmt::Display for EngineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             EngineError::NoModel => f.write_str("no model is loaded"),
-            EngineError::ContextFull {
-                used,
-                requested,
-                capacity,
-            } => write!(
-                f,
-                "context full: {used} tokens used + {requested} requested > {capacity}"
-            ),
+            EngineError::ContextFull { used, requested, capacity } => {
+                write!(f, "context full: {used} tokens used + {requested} requested > {capacity}")
+            }
             EngineError::Cancelled => f.write_str("cancelled"),
             EngineError::Failed(s) => f.write_str(s),
         }

@@ -10,9 +10,7 @@
 //! whitespace/quote characters until more text follows or the reply ends.
 
 /// Quote characters stripped around translations.
-const QUOTES: &[char] = &[
-    '"', '\'', '“', '”', '„', '‟', '«', '»', '‹', '›', '「', '」', '『', '』', '`',
-];
+const QUOTES: &[char] = &['"', '\'', '“', '”', '„', '‟', '«', '»', '‹', '›', '「', '」', '『', '』', '`'];
 
 fn is_strippable(c: char) -> bool {
     c.is_whitespace() || QUOTES.contains(&c)
@@ -48,36 +46,22 @@ impl StopFilter {
     /// Add text; get what is safe to show.
     pub fn push(&mut self, text: &str) -> StopOutput {
         if self.stopped {
-            return StopOutput {
-                text: String::new(),
-                stopped: true,
-            };
+            return StopOutput { text: String::new(), stopped: true };
         }
         self.held.push_str(text);
         // A complete stop string: release what precedes the earliest one.
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
-        {
+        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
             let out = self.held[..at].to_owned();
             self.held.clear();
             self.stopped = true;
-            return StopOutput {
-                text: out,
-                stopped: true,
-            };
+            return StopOutput { text: out, stopped: true };
         }
         // Keep the longest tail that is a proper prefix of some stop string.
         let keep = self.longest_partial_tail();
         let split = self.held.len() - keep;
         let out = self.held[..split].to_owned();
         self.held.drain(..split);
-        StopOutput {
-            text: out,
-            stopped: false,
-        }
+        StopOutput { text: out, stopped: false }
     }
 
     /// End of reply: release anything held back (it cannot become a stop string now).

@@ -53,11 +53,9 @@ fn engine_error(e: inf::InferenceError) -> EngineError {
     match e {
         inf::InferenceError::NoModel => EngineError::NoModel,
         inf::InferenceError::Cancelled => EngineError::Cancelled,
-        inf::InferenceError::ContextFull(c) => EngineError::ContextFull {
-            used: c.used,
-            requested: c.requested,
-            capacity: c.capacity,
-        },
+        inf::InferenceError::ContextFull(c) => {
+            EngineError::ContextFull { used: c.used, requested: c.requested, capacity: c.capacity }
+        }
         inf::InferenceError::LoadFailed(s)
         | inf::InferenceError::InvalidArgument(s)
         | inf::InferenceError::DecodeFailed(s)
@@ -135,12 +133,8 @@ fn app_error(e: SessionError) -> api::AppError {
         SessionError::InputTooLong { tokens, limit } => {
             api::AppError::InputTooLong(api::InputTooLong { tokens, limit })
         }
-        SessionError::Template(template::TemplateError::Missing(s)) => {
-            api::AppError::NoChatTemplate(s)
-        }
-        SessionError::Template(template::TemplateError::Render(s)) => {
-            api::AppError::InvalidArgument(s)
-        }
+        SessionError::Template(template::TemplateError::Missing(s)) => api::AppError::NoChatTemplate(s),
+        SessionError::Template(template::TemplateError::Render(s)) => api::AppError::InvalidArgument(s),
         SessionError::InvalidArgument(s) => api::AppError::InvalidArgument(s),
         SessionError::Engine(EngineError::NoModel) => api::AppError::NotReady,
         SessionError::Engine(e) => api::AppError::Inference(e.to_string()),
@@ -148,13 +142,11 @@ fn app_error(e: SessionError) -> api::AppError {
 }
 
 fn current_profile() -> Result<Rc<ModelProfile>, api::AppError> {
-    STATE
-        .with(|s| s.borrow().loaded.as_ref().map(|l| l.profile.clone()))
-        .ok_or(api::AppError::NotReady)
+    STATE.with(|s| s.borrow().loaded.as_ref().map(|l| l.profile.clone())).ok_or(api::AppError::NotReady)
 }
 
 /// Pick load settings: explicit options, else the device policy.
-fn load_settings(o: &api::LoadOptions) -> inf::LoadSettings {
+fn load_settings(o: &api::LoadOptions) -> (inf::LoadSettings, device::Threads) {
     let topo = platform::read_cpu_topology();
     let cores: Vec<device::Core> = topo
         .cores
@@ -168,14 +160,15 @@ fn load_settings(o: &api::LoadOptions) -> inf::LoadSettings {
         })
         .collect();
     let threads = device::choose_threads(&cores, topo.online, None, o.threads, o.threads_batch);
-    inf::LoadSettings {
+    let settings = inf::LoadSettings {
         n_ctx: o.n_ctx.unwrap_or(DEFAULT_N_CTX),
         n_batch: o.n_batch.unwrap_or(DEFAULT_N_BATCH),
         n_seq_max: SEQUENCES,
         threads: threads.decode,
         threads_batch: threads.batch,
         use_mmap: o.use_mmap.unwrap_or(true),
-    }
+    };
+    (settings, threads)
 }
 
 struct Component;
@@ -184,8 +177,8 @@ impl api::Guest for Component {
     type Session = SessionResource;
     type Generation = GenerationResource;
 
-    fn load_model(options: api::LoadOptions) -> Result<inf::ModelInfo, api::AppError> {
-        let settings = load_settings(&options);
+    fn load_model(options: api::LoadOptions) -> Result<api::LoadReport, api::AppError> {
+        let (settings, threads) = load_settings(&options);
         STATE.with(|s| {
             let mut s = s.borrow_mut();
             s.loaded = None;
@@ -196,8 +189,7 @@ impl api::Guest for Component {
             other => api::AppError::LoadFailed(engine_error(other).to_string()),
         })?;
         let special_text = |t: Option<Token>| {
-            t.map(|t| String::from_utf8_lossy(&inf::token_bytes(t, true)).into_owned())
-                .unwrap_or_default()
+            t.map(|t| String::from_utf8_lossy(&inf::token_bytes(t, true)).into_owned()).unwrap_or_default()
         };
         let facts = ModelFacts {
             architecture: info.architecture.clone(),
@@ -216,8 +208,8 @@ impl api::Guest for Component {
         });
         // A model without a usable chat format still loads; sessions then
         // report the missing template when they are used.
-        let profile = ModelProfile::new(&HostEngine, &facts, load_id)
-            .map_err(|e| app_error(SessionError::Template(e)));
+        let profile =
+            ModelProfile::new(&HostEngine, &facts, load_id).map_err(|e| app_error(SessionError::Template(e)));
         let profile = match profile {
             Ok(p) => p,
             Err(e) => {
@@ -225,12 +217,8 @@ impl api::Guest for Component {
                 return Err(e);
             }
         };
-        STATE.with(|s| {
-            s.borrow_mut().loaded = Some(Loaded {
-                profile: Rc::new(profile),
-            });
-        });
-        Ok(info)
+        STATE.with(|s| s.borrow_mut().loaded = Some(Loaded { profile: Rc::new(profile) }));
+        Ok(api::LoadReport { info, threads_source: threads.source.as_str().to_owned(), notes: Vec::new() })
     }
 
     fn render_prompt(
@@ -241,16 +229,12 @@ impl api::Guest for Component {
         let mut msgs = Vec::with_capacity(messages.len());
         for m in &messages {
             let role = Role::parse(&m.role).ok_or_else(|| {
-                api::AppError::InvalidArgument(format!(
-                    "unknown role `{}` (system, user, assistant)",
-                    m.role
-                ))
+                api::AppError::InvalidArgument(format!("unknown role `{}` (system, user, assistant)", m.role))
             })?;
             msgs.push((role, m.content.as_str()));
         }
         let (text, tokens) =
-            session::render_prompt(&HostEngine, &profile, &msgs, add_generation_prompt)
-                .map_err(app_error)?;
+            session::render_prompt(&HostEngine, &profile, &msgs, add_generation_prompt).map_err(app_error)?;
         Ok(api::RenderedPrompt { text, tokens })
     }
 }
@@ -300,11 +284,7 @@ impl api::GuestSession for SessionResource {
             api::SessionKind::Translation => SessionKind::Translation,
         };
         let session = Session::new(kind, seq, profile);
-        Ok(api::Session::new(SessionResource {
-            shared: Rc::new(Shared {
-                session: RefCell::new(session),
-            }),
-        }))
+        Ok(api::Session::new(SessionResource { shared: Rc::new(Shared { session: RefCell::new(session) }) }))
     }
 
     fn configure(&self, o: api::SessionOptions) -> Result<(), api::AppError> {
@@ -337,24 +317,27 @@ impl api::GuestSession for SessionResource {
         if let Some(v) = o.system_prompt {
             opts.system_prompt = Some(v);
         }
+        if let Some(biases) = o.logit_bias {
+            opts.sampler.logit_bias = biases
+                .iter()
+                .map(|(text, bias)| {
+                    HostEngine.token_id(text).map(|t| (t, *bias)).ok_or_else(|| {
+                        api::AppError::InvalidArgument(format!(
+                            "`{text}` is not a single token of this model"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
         s.set_options(opts).map_err(app_error)
     }
 
     fn set_languages(&self, source: Option<String>, target: String) -> Result<(), api::AppError> {
-        self.shared
-            .session
-            .borrow_mut()
-            .set_languages(source.as_deref(), &target)
-            .map_err(app_error)
+        self.shared.session.borrow_mut().set_languages(source.as_deref(), &target).map_err(app_error)
     }
 
     fn send(&self, text: String) -> Result<api::Generation, api::AppError> {
-        let generation = self
-            .shared
-            .session
-            .borrow_mut()
-            .send(&HostEngine, &text)
-            .map_err(app_error)?;
+        let generation = self.shared.session.borrow_mut().send(&HostEngine, &text).map_err(app_error)?;
         Ok(api::Generation::new(GenerationResource {
             shared: self.shared.clone(),
             generation: RefCell::new(generation),
@@ -371,15 +354,16 @@ impl api::GuestSession for SessionResource {
             .borrow()
             .history()
             .into_iter()
-            .map(|(role, content)| api::Message {
-                role: role.as_str().to_owned(),
-                content,
-            })
+            .map(|(role, content)| api::Message { role: role.as_str().to_owned(), content })
             .collect()
     }
 
     fn kv_tokens(&self) -> u32 {
         self.shared.session.borrow().kv_tokens() as u32
+    }
+
+    fn kv_token_ids(&self) -> Vec<Token> {
+        self.shared.session.borrow().kv_token_ids().to_vec()
     }
 }
 
@@ -392,10 +376,7 @@ pub struct GenerationResource {
 impl api::GuestGeneration for GenerationResource {
     fn next(&self) -> Result<Option<String>, api::AppError> {
         let mut session = self.shared.session.borrow_mut();
-        self.generation
-            .borrow_mut()
-            .next(&mut session, &HostEngine)
-            .map_err(app_error)
+        self.generation.borrow_mut().next(&mut session, &HostEngine).map_err(app_error)
     }
 
     fn stats(&self) -> Option<api::GenerationStats> {
@@ -425,9 +406,7 @@ impl Drop for GenerationResource {
     fn drop(&mut self) {
         // A reply the app stopped pulling still ends up in the history.
         let mut session = self.shared.session.borrow_mut();
-        self.generation
-            .get_mut()
-            .finish(&mut session, StopReason::Cancelled);
+        self.generation.get_mut().finish(&mut session, StopReason::Cancelled);
     }
 }
 

@@ -123,10 +123,7 @@ mod tests {
     #[test]
     fn seventy_languages_with_unique_codes() {
         assert_eq!(LANGUAGES.len(), 70);
-        let mut codes: Vec<_> = LANGUAGES
-            .iter()
-            .map(|(c, _)| c.to_ascii_lowercase())
-            .collect();
+        let mut codes: Vec<_> = LANGUAGES.iter().map(|(c, _)| c.to_ascii_lowercase()).collect();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), 70);
@@ -142,10 +139,7 @@ mod tests {
 
     #[test]
     fn requests_name_the_languages() {
-        assert_eq!(
-            translation_request(None, "French", "Hi"),
-            "Translate to French:\n\nHi"
-        );
+        assert_eq!(translation_request(None, "French", "Hi"), "Translate to French:\n\nHi");
         assert_eq!(
             translation_request(Some("English"), "German", "Hi"),
             "Translate from English to German:\n\nHi"

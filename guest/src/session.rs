@@ -105,11 +105,7 @@ pub struct ModelFacts {
 
 impl ModelProfile {
     /// Build the profile of a freshly loaded model.
-    pub fn new<E: Engine>(
-        engine: &E,
-        facts: &ModelFacts,
-        load_id: u64,
-    ) -> Result<Self, TemplateError> {
+    pub fn new<E: Engine>(engine: &E, facts: &ModelFacts, load_id: u64) -> Result<Self, TemplateError> {
         let format = ChatFormat::for_model(
             &facts.architecture,
             facts.chat_template.as_deref(),
@@ -118,11 +114,7 @@ impl ModelProfile {
         )?;
         let mut stop_ids: Vec<Token> = facts.eos.into_iter().collect();
         if facts.architecture == "cohere2" {
-            stop_ids.extend(
-                TINY_AYA_END_TOKENS
-                    .iter()
-                    .filter_map(|t| engine.token_id(t)),
-            );
+            stop_ids.extend(TINY_AYA_END_TOKENS.iter().filter_map(|t| engine.token_id(t)));
         }
         Ok(ModelProfile {
             n_ctx: facts.n_ctx,
@@ -195,12 +187,7 @@ struct Turn {
 
 impl Turn {
     fn new(role: Role, content: String, shown: String) -> Self {
-        Turn {
-            role,
-            content,
-            shown,
-            tokens: None,
-        }
+        Turn { role, content, shown, tokens: None }
     }
 }
 
@@ -259,9 +246,7 @@ impl Session {
     /// Replace the settings.
     pub fn set_options(&mut self, options: SessionOptions) -> Result<(), SessionError> {
         if options.max_tokens == 0 {
-            return Err(SessionError::InvalidArgument(
-                "max-tokens must be at least 1".into(),
-            ));
+            return Err(SessionError::InvalidArgument("max-tokens must be at least 1".into()));
         }
         self.options = options;
         Ok(())
@@ -277,34 +262,26 @@ impl Session {
         self.kv.len()
     }
 
+    /// The tokens in the KV sequence, in order.
+    pub fn kv_token_ids(&self) -> &[Token] {
+        &self.kv
+    }
+
     /// The conversation as the app shows it: (role, text).
     pub fn history(&self) -> Vec<(Role, String)> {
-        self.history
-            .iter()
-            .map(|t| (t.role, t.shown.clone()))
-            .collect()
+        self.history.iter().map(|t| (t.role, t.shown.clone())).collect()
     }
 
     /// Set the translation language pair; a different pair starts a fresh conversation.
-    pub fn set_languages(
-        &mut self,
-        source: Option<&str>,
-        target: &str,
-    ) -> Result<(), SessionError> {
+    pub fn set_languages(&mut self, source: Option<&str>, target: &str) -> Result<(), SessionError> {
         if self.kind != SessionKind::Translation {
-            return Err(SessionError::InvalidArgument(
-                "languages apply to translation sessions only".into(),
-            ));
+            return Err(SessionError::InvalidArgument("languages apply to translation sessions only".into()));
         }
         if target.trim().is_empty() {
-            return Err(SessionError::InvalidArgument(
-                "the target language is empty".into(),
-            ));
+            return Err(SessionError::InvalidArgument("the target language is empty".into()));
         }
         let pair = (
-            source
-                .filter(|s| !s.trim().is_empty())
-                .map(prompts::language_name),
+            source.filter(|s| !s.trim().is_empty()).map(prompts::language_name),
             prompts::language_name(target),
         );
         if self.languages.as_ref() != Some(&pair) {
@@ -349,9 +326,10 @@ impl Session {
         let user = match self.kind {
             SessionKind::Chat => Turn::new(Role::User, text.to_owned(), text.to_owned()),
             SessionKind::Translation => {
-                let (src, tgt) = self.languages.clone().ok_or_else(|| {
-                    SessionError::InvalidArgument("set the target language first".into())
-                })?;
+                let (src, tgt) = self
+                    .languages
+                    .clone()
+                    .ok_or_else(|| SessionError::InvalidArgument("set the target language first".into()))?;
                 let request = prompts::translation_request(src.as_deref(), &tgt, text);
                 Turn::new(Role::User, request, text.to_owned())
             }
@@ -441,29 +419,18 @@ impl Session {
             if len + MIN_REPLY_TOKENS <= n_ctx {
                 return Ok(self.finish_fit(tokens, dropped));
             }
-            return Err(SessionError::InputTooLong {
-                tokens: len,
-                limit: n_ctx - MIN_REPLY_TOKENS,
-            });
+            return Err(SessionError::InputTooLong { tokens: len, limit: n_ctx - MIN_REPLY_TOKENS });
         }
     }
 
     fn finish_fit(&mut self, tokens: Vec<Token>, dropped: usize) -> Fitted {
         self.history.drain(..dropped);
         let room = self.profile.n_ctx - tokens.len() as u32;
-        Fitted {
-            reply_budget: self.options.max_tokens.min(room),
-            tokens,
-            dropped,
-        }
+        Fitted { reply_budget: self.options.max_tokens.min(room), tokens, dropped }
     }
 
     /// Tokens of system + history[skip..] + generation prompt.
-    fn prompt_tokens<E: Engine>(
-        &mut self,
-        engine: &E,
-        skip: usize,
-    ) -> Result<Vec<Token>, SessionError> {
+    fn prompt_tokens<E: Engine>(&mut self, engine: &E, skip: usize) -> Result<Vec<Token>, SessionError> {
         let mut turns: Vec<&mut Turn> = Vec::new();
         if let Some(s) = self.system.as_mut() {
             turns.push(s);
@@ -536,12 +503,8 @@ pub fn render_prompt<E: Engine>(
     messages: &[(Role, &str)],
     add_generation_prompt: bool,
 ) -> Result<(String, Vec<Token>), SessionError> {
-    let segments = profile
-        .format
-        .render_segments(messages, add_generation_prompt)?;
-    let tokens = segment_tokens(engine, &segments, profile.bos, |i| {
-        engine.tokenize(messages[i].1, false)
-    })?;
+    let segments = profile.format.render_segments(messages, add_generation_prompt)?;
+    let tokens = segment_tokens(engine, &segments, profile.bos, |i| engine.tokenize(messages[i].1, false))?;
     let mut text = crate::template::join_segments(&segments, messages);
     if let Some(bos) = profile.bos {
         if !profile.format.prints_bos() && tokens.first() == Some(&bos) {
@@ -611,11 +574,7 @@ impl Stats {
 }
 
 fn per_second(n: u32, ms: f64) -> f64 {
-    if ms > 0.0 {
-        n as f64 * 1000.0 / ms
-    } else {
-        0.0
-    }
+    if ms > 0.0 { n as f64 * 1000.0 / ms } else { 0.0 }
 }
 
 fn ms_between(a: Instant, b: Instant) -> f64 {
@@ -728,11 +687,7 @@ impl<S: Sampler> Generation<S> {
         }
     }
 
-    fn fail(
-        &mut self,
-        session: &mut Session,
-        e: EngineError,
-    ) -> Result<Option<String>, SessionError> {
+    fn fail(&mut self, session: &mut Session, e: EngineError) -> Result<Option<String>, SessionError> {
         if e == EngineError::Cancelled {
             return Ok(self.finish(session, StopReason::Cancelled));
         }
@@ -749,11 +704,7 @@ impl<S: Sampler> Generation<S> {
         let now = Instant::now();
         // An unfinished character at the very end is dropped, not shown as U+FFFD.
         let _ = self.utf8.finish();
-        let held = if stop == StopReason::StopString {
-            String::new()
-        } else {
-            self.stops.finish()
-        };
+        let held = if stop == StopReason::StopString { String::new() } else { self.stops.finish() };
         let mut tail = self.clean(&held);
         if let Some(c) = &mut self.cleaner {
             tail.push_str(&c.finish());

@@ -111,9 +111,7 @@ pub struct ChatFormat {
 
 impl std::fmt::Debug for ChatFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatFormat")
-            .field("source", &self.source)
-            .finish()
+        f.debug_struct("ChatFormat").field("source", &self.source).finish()
     }
 }
 
@@ -153,12 +151,9 @@ impl ChatFormat {
         let mut env = Environment::new();
         // Hugging Face templates call Python string methods (`strip`, `startswith`, …).
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-            },
-        );
+        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        });
         let prints_bos = template.contains("bos_token");
         env.add_template_owned("chat", template)
             .map_err(|e| TemplateError::Render(format!("chat template does not compile: {e}")))?;
@@ -201,10 +196,7 @@ impl ChatFormat {
                 content: format!("{SENTINEL_OPEN}{i}{SENTINEL_CLOSE}"),
             })
             .collect();
-        let tmpl = self
-            .env
-            .get_template("chat")
-            .map_err(|e| TemplateError::Render(e.to_string()))?;
+        let tmpl = self.env.get_template("chat").map_err(|e| TemplateError::Render(e.to_string()))?;
         let out = tmpl
             .render(context! {
                 messages => minijinja::Value::from(minijinja::value::Serde(&templated)),
@@ -246,11 +238,7 @@ fn split_sentinels(out: &str, n_messages: usize) -> Vec<Segment> {
     while let Some(open) = rest.find(SENTINEL_OPEN) {
         let after = &rest[open + SENTINEL_OPEN.len_utf8()..];
         let parsed = after.find(SENTINEL_CLOSE).and_then(|close| {
-            after[..close]
-                .parse::<usize>()
-                .ok()
-                .filter(|&i| i < n_messages)
-                .map(|i| (i, close))
+            after[..close].parse::<usize>().ok().filter(|&i| i < n_messages).map(|i| (i, close))
         });
         match parsed {
             Some((index, close)) => {
@@ -333,17 +321,14 @@ mod tests {
 
     #[test]
     fn cohere_uses_builtin_template_even_with_gguf_template() {
-        let f =
-            ChatFormat::for_model("cohere2", Some(CHATML), "<BOS_TOKEN>", "<EOS_TOKEN>").unwrap();
+        let f = ChatFormat::for_model("cohere2", Some(CHATML), "<BOS_TOKEN>", "<EOS_TOKEN>").unwrap();
         assert_eq!(f.source(), FormatSource::BuiltInTinyAya);
     }
 
     #[test]
     fn missing_template_is_a_clear_error() {
         let err = ChatFormat::for_model("llama", None, "", "").unwrap_err();
-        assert!(
-            matches!(err, TemplateError::Missing(m) if m.contains("no tokenizer.chat_template"))
-        );
+        assert!(matches!(err, TemplateError::Missing(m) if m.contains("no tokenizer.chat_template")));
     }
 
     #[test]
@@ -363,27 +348,75 @@ mod tests {
     fn pycompat_methods_work() {
         let f = ChatFormat::compile(
             FormatSource::Gguf,
-            "{% for m in messages %}{{ m.role.upper() }}:{{ m.content.strip() }};{% endfor %}"
-                .into(),
+            "{% for m in messages %}{{ m.role.upper() }}:{{ m.content.strip() }};{% endfor %}".into(),
             "",
             "",
         )
         .unwrap();
-        assert_eq!(
-            f.render_text(&[(Role::User, "  hi ")], false).unwrap(),
-            "USER:  hi ;"
-        );
+        assert_eq!(f.render_text(&[(Role::User, "  hi ")], false).unwrap(), "USER:  hi ;");
     }
 
     #[test]
     fn stray_private_use_characters_stay_text() {
         let segs = split_sentinels("a\u{F8F0}zz\u{F8F1}b\u{F8F0}0\u{F8F1}", 1);
-        assert_eq!(
-            segs,
-            vec![
-                Segment::Template("a\u{F8F0}zz\u{F8F1}b".into()),
-                Segment::Content(0)
-            ]
+        assert_eq!(segs, vec![Segment::Template("a\u{F8F0}zz\u{F8F1}b".into()), Segment::Content(0)]);
+    }
+}
+
+#[cfg(test)]
+mod tiny_aya_golden {
+    use super::*;
+
+    const PREAMBLE: &str = "# System Preamble\nYou are in contextual safety mode. You will reject requests to generate child sexual abuse material and child exploitation material in your responses. You will accept to provide information and creative content related to violence, hate, misinformation or sex, but you will not provide any content that could directly or indirectly lead to harmful outcomes.\n\nYour information cutoff date is June 2024.\n\n# Default Preamble\n- Your name is Aya.\n- You are a large language model built by Cohere.\n- Always respond in the same language the user is writing in.\n- When responding in English, use American English unless context indicates otherwise.\n- Prefer the active voice.\n- Use gender-neutral pronouns for unspecified persons.";
+
+    fn aya() -> ChatFormat {
+        ChatFormat::for_model("cohere2", None, "<BOS_TOKEN>", "<EOS_TOKEN>").unwrap()
+    }
+
+    #[test]
+    fn three_turn_chat_is_exactly_the_cohere_format() {
+        let msgs = [
+            (Role::System, "Be brief."),
+            (Role::User, "Hi!"),
+            (Role::Assistant, "Hello."),
+            (Role::User, "2+2?"),
+            (Role::Assistant, "4."),
+            (Role::User, "Thanks"),
+        ];
+        let expected = format!(
+            "<BOS_TOKEN><|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>{PREAMBLE}\n\n# Developer Preamble\nBe brief.<|END_OF_TURN_TOKEN|>\
+             <|START_OF_TURN_TOKEN|><|USER_TOKEN|>Hi!<|END_OF_TURN_TOKEN|>\
+             <|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|><|START_RESPONSE|>Hello.<|END_RESPONSE|><|END_OF_TURN_TOKEN|>\
+             <|START_OF_TURN_TOKEN|><|USER_TOKEN|>2+2?<|END_OF_TURN_TOKEN|>\
+             <|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|><|START_RESPONSE|>4.<|END_RESPONSE|><|END_OF_TURN_TOKEN|>\
+             <|START_OF_TURN_TOKEN|><|USER_TOKEN|>Thanks<|END_OF_TURN_TOKEN|>\
+             <|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|><|START_RESPONSE|>"
         );
+        assert_eq!(aya().render_text(&msgs, true).unwrap(), expected);
+    }
+
+    #[test]
+    fn translation_turn_is_exactly_the_cohere_format() {
+        let system = crate::prompts::translation_system_prompt(Some("English"), "French");
+        let user = crate::prompts::translation_request(Some("English"), "French", "Good morning");
+        let msgs = [(Role::System, system.as_str()), (Role::User, user.as_str())];
+        let expected = format!(
+            "<BOS_TOKEN><|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>{PREAMBLE}\n\n# Developer Preamble\n\
+             You are a translation engine. Translate the text of each user message from English into French. \
+             Output only the French translation: no explanations, notes, alternatives, transliterations or \
+             quotation marks around it. Keep the meaning, tone, names, numbers and line breaks. If the text is \
+             already in French, output it unchanged.<|END_OF_TURN_TOKEN|>\
+             <|START_OF_TURN_TOKEN|><|USER_TOKEN|>Translate from English to French:\n\nGood morning<|END_OF_TURN_TOKEN|>\
+             <|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|><|START_RESPONSE|>"
+        );
+        assert_eq!(aya().render_text(&msgs, true).unwrap(), expected);
+    }
+
+    #[test]
+    fn bos_appears_once_and_only_at_the_start() {
+        let msgs = [(Role::System, "s"), (Role::User, "a"), (Role::Assistant, "b"), (Role::User, "c")];
+        let text = aya().render_text(&msgs, true).unwrap();
+        assert!(text.starts_with("<BOS_TOKEN>"));
+        assert_eq!(text.matches("<BOS_TOKEN>").count(), 1);
     }
 }

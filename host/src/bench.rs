@@ -25,8 +25,7 @@ use serde::Serialize;
 use crate::guest::GuestSource;
 use crate::llama::{LlamaError, backend};
 use crate::{
-    LoadOptions, Message, ModelSource, Runtime, RuntimeError, RuntimeOptions, SessionKind,
-    SessionOptions,
+    LoadOptions, Message, ModelSource, Runtime, RuntimeError, RuntimeOptions, SessionKind, SessionOptions,
 };
 
 /// What to measure.
@@ -85,25 +84,13 @@ pub struct Summary {
 /// Median, min and max of values (zeros when empty).
 pub fn summarize(values: &[f64]) -> Summary {
     if values.is_empty() {
-        return Summary {
-            median: 0.0,
-            min: 0.0,
-            max: 0.0,
-        };
+        return Summary { median: 0.0, min: 0.0, max: 0.0 };
     }
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    Summary {
-        median,
-        min: v[0],
-        max: v[n - 1],
-    }
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Summary { median, min: v[0], max: v[n - 1] }
 }
 
 /// One path's results.
@@ -232,23 +219,11 @@ impl RawLoop {
                     .with_n_threads_batch(threads_batch as i32),
             )
             .map_err(|e| BenchError::Other(format!("raw loop: cannot create context: {e}")))?;
-        Ok((
-            RawLoop {
-                model,
-                ctx,
-                n_batch: cfg.n_batch as usize,
-            },
-            ms(t.elapsed()),
-        ))
+        Ok((RawLoop { model, ctx, n_batch: cfg.n_batch as usize }, ms(t.elapsed())))
     }
 
-    fn run(
-        &mut self,
-        prompt: &[LlamaToken],
-        max_tokens: u32,
-    ) -> Result<(Sample, Vec<i32>), BenchError> {
-        let decode_err =
-            |e: llama_cpp_2::DecodeError| BenchError::Other(format!("raw loop: decode: {e}"));
+    fn run(&mut self, prompt: &[LlamaToken], max_tokens: u32) -> Result<(Sample, Vec<i32>), BenchError> {
+        let decode_err = |e: llama_cpp_2::DecodeError| BenchError::Other(format!("raw loop: decode: {e}"));
         self.ctx.clear_kv_cache();
         let vocab = self.model.vocab();
         let mut sampler = LlamaSampler::greedy();
@@ -259,9 +234,7 @@ impl RawLoop {
             batch.clear();
             for (i, &t) in chunk.iter().enumerate() {
                 let pos = c * self.n_batch + i;
-                batch
-                    .add(t, pos as i32, &[0], pos == last)
-                    .map_err(|e| BenchError::Other(e.to_string()))?;
+                batch.add(t, pos as i32, &[0], pos == last).map_err(|e| BenchError::Other(e.to_string()))?;
             }
             self.ctx.decode(&mut batch).map_err(decode_err)?;
         }
@@ -289,9 +262,7 @@ impl RawLoop {
                 break;
             }
             batch.clear();
-            batch
-                .add(t, pos, &[0], true)
-                .map_err(|e| BenchError::Other(e.to_string()))?;
+            batch.add(t, pos, &[0], true).map_err(|e| BenchError::Other(e.to_string()))?;
             pos += 1;
             self.ctx.decode(&mut batch).map_err(decode_err)?;
         }
@@ -323,9 +294,7 @@ fn runtime_options(cfg: &BenchConfig) -> RuntimeOptions {
 /// Run the benchmark.
 pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchReport, BenchError> {
     if cfg.reps == 0 {
-        return Err(BenchError::Other(
-            "at least one repetition is needed".into(),
-        ));
+        return Err(BenchError::Other("at least one repetition is needed".into()));
     }
     // Start-up: a first start (compiles when the cache is empty), then a
     // second one that must come from the cache.
@@ -337,14 +306,16 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
 
     progress("loading the model through the guest");
     let t = Instant::now();
-    let info = rt.load_model(&LoadOptions {
-        source: ModelSource::Provided,
-        n_ctx: Some(cfg.n_ctx),
-        n_batch: Some(cfg.n_batch),
-        threads: cfg.threads,
-        threads_batch: cfg.threads_batch,
-        use_mmap: Some(true),
-    })?;
+    let info = rt
+        .load_model(&LoadOptions {
+            source: ModelSource::Provided,
+            n_ctx: Some(cfg.n_ctx),
+            n_batch: Some(cfg.n_batch),
+            threads: cfg.threads,
+            threads_batch: cfg.threads_batch,
+            use_mmap: Some(true),
+        })?
+        .info;
     let guest_load_ms = ms(t.elapsed());
     let threads = info.settings.threads;
     let threads_batch = info.settings.threads_batch;
@@ -358,14 +329,8 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
     rt.configure(&session, &opts)?;
     let rendered = rt.render_prompt(
         &[
-            Message {
-                role: "system".into(),
-                content: cfg.system.clone(),
-            },
-            Message {
-                role: "user".into(),
-                content: cfg.prompt.clone(),
-            },
+            Message { role: "system".into(), content: cfg.system.clone() },
+            Message { role: "user".into(), content: cfg.prompt.clone() },
         ],
         true,
     )?;
@@ -377,8 +342,7 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
     progress("loading the model for the raw loop");
     // The same context shape as the guest's (sequences × context), so only
     // the path differs.
-    let (mut raw, raw_load_ms) =
-        RawLoop::load(cfg, threads, threads_batch, info.settings.n_seq_max)?;
+    let (mut raw, raw_load_ms) = RawLoop::load(cfg, threads, threads_batch, info.settings.n_seq_max)?;
 
     // One unmeasured round each: first-touch of pages, thread pools, caches.
     raw.run(&prompt_tokens, cfg.max_tokens.min(8))?;
@@ -400,9 +364,7 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
         while let Some(_chunk) = rt.next(&generation)? {
             ttft.get_or_insert_with(|| start.elapsed());
         }
-        let stats = rt
-            .stats(&generation)?
-            .ok_or_else(|| BenchError::Other("no stats".into()))?;
+        let stats = rt.stats(&generation)?.ok_or_else(|| BenchError::Other("no stats".into()))?;
         rt.close_generation(generation)?;
         let g = Sample {
             ttft_ms: ms(ttft.unwrap_or_else(|| start.elapsed())),
@@ -445,9 +407,7 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
 /// The report as a table.
 pub fn table(r: &BenchReport) -> String {
     let row = |name: &str, p: &PathReport| {
-        let s = |x: Summary, prec: usize| {
-            format!("{:.p$} [{:.p$}–{:.p$}]", x.median, x.min, x.max, p = prec)
-        };
+        let s = |x: Summary, prec: usize| format!("{:.p$} [{:.p$}–{:.p$}]", x.median, x.min, x.max, p = prec);
         format!(
             "{name:<16} {:>9.1}  {:>24}  {:>24}  {:>24}\n",
             p.load_ms,

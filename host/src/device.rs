@@ -57,9 +57,7 @@ pub fn parse_cpu_list(s: &str) -> Vec<u32> {
 
 /// Read the topology under `root` (normally [`SYSFS_CPU`]).
 pub fn cpu_topology_at(root: &Path) -> CpuTopology {
-    let online_list = std::fs::read_to_string(root.join("online"))
-        .ok()
-        .map(|s| parse_cpu_list(&s));
+    let online_list = std::fs::read_to_string(root.join("online")).ok().map(|s| parse_cpu_list(&s));
     let mut ids: Vec<u32> = std::fs::read_dir(root)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
@@ -94,9 +92,7 @@ pub fn cpu_topology_at(root: &Path) -> CpuTopology {
     let online = match &online_list {
         Some(list) if !list.is_empty() => list.len() as u32,
         _ if !cores.is_empty() => cores.iter().filter(|c| c.online).count() as u32,
-        _ => std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1),
+        _ => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
     };
     CpuTopology { cores, online }
 }
@@ -125,9 +121,8 @@ pub fn parse_meminfo(text: &str) -> Memory {
         })
     };
     let total = field("MemTotal").unwrap_or(0);
-    let available = field("MemAvailable")
-        .or_else(|| Some(field("MemFree")? + field("Cached").unwrap_or(0)))
-        .unwrap_or(0);
+    let available =
+        field("MemAvailable").or_else(|| Some(field("MemFree")? + field("Cached").unwrap_or(0))).unwrap_or(0);
     Memory { total, available }
 }
 
@@ -135,10 +130,7 @@ pub fn parse_meminfo(text: &str) -> Memory {
 pub fn memory() -> Memory {
     std::fs::read_to_string("/proc/meminfo")
         .map(|t| parse_meminfo(&t))
-        .unwrap_or(Memory {
-            total: 0,
-            available: 0,
-        })
+        .unwrap_or(Memory { total: 0, available: 0 })
 }
 
 /// Free bytes for an unprivileged writer in the file system holding `path`.
@@ -171,9 +163,7 @@ mod tests {
 
     #[test]
     fn meminfo_parses() {
-        let m = parse_meminfo(
-            "MemTotal:       5632000 kB\nMemFree:  100 kB\nMemAvailable:   2100000 kB\n",
-        );
+        let m = parse_meminfo("MemTotal:       5632000 kB\nMemFree:  100 kB\nMemAvailable:   2100000 kB\n");
         assert_eq!(m.total, 5_632_000 * 1024);
         assert_eq!(m.available, 2_100_000 * 1024);
         let old = parse_meminfo("MemTotal: 10 kB\nMemFree: 2 kB\nCached: 3 kB\n");

@@ -31,11 +31,7 @@ pub enum NameError {
 impl Folders {
     /// The folders under a data directory.
     pub fn under(data_dir: &Path, provided_model: Option<PathBuf>) -> Self {
-        Folders {
-            models: data_dir.join("models"),
-            state: data_dir.join("state"),
-            provided_model,
-        }
+        Folders { models: data_dir.join("models"), state: data_dir.join("state"), provided_model }
     }
 
     /// Create the folders if needed.
@@ -64,10 +60,7 @@ impl Folders {
                 check_plain_name(name)?;
                 Ok(self.models.join(name))
             }
-            ModelSource::Provided => self
-                .provided_model
-                .clone()
-                .ok_or(NameError::NoProvidedModel),
+            ModelSource::Provided => self.provided_model.clone().ok_or(NameError::NoProvidedModel),
         }
     }
 }
@@ -79,11 +72,7 @@ pub fn check_plain_name(name: &str) -> Result<(), NameError> {
         && name != ".."
         && !name.contains(['/', '\\', '\0'])
         && name.len() <= 255;
-    if plain {
-        Ok(())
-    } else {
-        Err(NameError::NotPlain(name.to_owned()))
-    }
+    if plain { Ok(()) } else { Err(NameError::NotPlain(name.to_owned())) }
 }
 
 #[cfg(test)]
@@ -93,26 +82,11 @@ mod tests {
     #[test]
     fn only_plain_names_resolve() {
         let f = Folders::under(Path::new("/data"), None);
-        let ok = f
-            .resolve(&FileRef {
-                root: Root::State,
-                name: "settings.json".into(),
-            })
-            .unwrap();
+        let ok = f.resolve(&FileRef { root: Root::State, name: "settings.json".into() }).unwrap();
         assert_eq!(ok, Path::new("/data/state/settings.json"));
         for bad in ["", ".", "..", "../x", "a/b", "/etc/passwd", "a\0b"] {
-            assert!(
-                f.resolve(&FileRef {
-                    root: Root::Models,
-                    name: bad.into()
-                })
-                .is_err(),
-                "{bad:?}"
-            );
+            assert!(f.resolve(&FileRef { root: Root::Models, name: bad.into() }).is_err(), "{bad:?}");
         }
-        assert_eq!(
-            f.model_path(&ModelSource::Provided),
-            Err(NameError::NoProvidedModel)
-        );
+        assert_eq!(f.model_path(&ModelSource::Provided), Err(NameError::NoProvidedModel));
     }
 }

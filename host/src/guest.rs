@@ -73,10 +73,7 @@ pub struct GuestSource {
 
 impl std::fmt::Debug for GuestSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuestSource")
-            .field("label", &self.label)
-            .field("sha256", &self.sha256)
-            .finish()
+        f.debug_struct("GuestSource").field("label", &self.label).field("sha256", &self.sha256).finish()
     }
 }
 
@@ -92,21 +89,14 @@ impl GuestSource {
 
     /// A guest `.wasm` file.
     pub fn from_file(path: &Path) -> Result<Self, GuestError> {
-        let bytes = std::fs::read(path).map_err(|source| GuestError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| GuestError::Read { path: path.into(), source })?;
         Ok(Self::from_bytes(bytes, path.display().to_string()))
     }
 
     /// Guest bytes from anywhere.
     pub fn from_bytes(bytes: Vec<u8>, label: String) -> Self {
         let sha256 = hex(&Sha256::digest(&bytes));
-        GuestSource {
-            bytes: Arc::from(bytes),
-            sha256,
-            label,
-        }
+        GuestSource { bytes: Arc::from(bytes), sha256, label }
     }
 
     /// SHA-256 of the `.wasm`, lowercase hex.
@@ -150,7 +140,7 @@ pub enum CacheOutcome {
 
 /// Figures of a component load.
 #[derive(Debug, Clone)]
-pub struct LoadReport {
+pub struct ComponentReport {
     /// Hit, compiled, replaced…
     pub outcome: CacheOutcome,
     /// Time to get a `Component` (deserialize or compile), ms.
@@ -179,20 +169,12 @@ impl ComponentCache {
 
     /// The cache file for a guest on an engine.
     pub fn file_for(&self, engine: &Engine, guest: &GuestSource) -> PathBuf {
-        self.dir.join(format!(
-            "{}-{:016x}.cwasm",
-            &guest.sha256()[..32],
-            engine_hash(engine)
-        ))
+        self.dir.join(format!("{}-{:016x}.cwasm", &guest.sha256()[..32], engine_hash(engine)))
     }
 
     /// Get the compiled component: from the cache when valid, else compile
     /// (and store). A bad entry is deleted and rebuilt, never fatal.
-    pub fn load(
-        &self,
-        engine: &Engine,
-        guest: &GuestSource,
-    ) -> Result<(Component, LoadReport), GuestError> {
+    pub fn load(&self, engine: &Engine, guest: &GuestSource) -> Result<(Component, ComponentReport), GuestError> {
         let start = Instant::now();
         let file = self.file_for(engine, guest);
         let mut replaced = None;
@@ -201,7 +183,7 @@ impl ComponentCache {
                 Ok(component) => {
                     return Ok((
                         component,
-                        LoadReport {
+                        ComponentReport {
                             outcome: CacheOutcome::Hit,
                             component_ms: ms_since(start),
                             cache_file: file,
@@ -216,10 +198,8 @@ impl ComponentCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => replaced = Some(format!("unreadable cache entry: {e}")),
         }
-        let component = Component::new(engine, guest.bytes()).map_err(|e| GuestError::Invalid {
-            label: guest.label().to_owned(),
-            reason: format!("{e:#}"),
-        })?;
+        let component = Component::new(engine, guest.bytes())
+            .map_err(|e| GuestError::Invalid { label: guest.label().to_owned(), reason: format!("{e:#}") })?;
         let outcome = match self.store(&file, &component) {
             Ok(()) => match replaced {
                 Some(why) => CacheOutcome::Replaced(why),
@@ -227,14 +207,7 @@ impl ComponentCache {
             },
             Err(e) => CacheOutcome::Uncached(e.to_string()),
         };
-        Ok((
-            component,
-            LoadReport {
-                outcome,
-                component_ms: ms_since(start),
-                cache_file: file,
-            },
-        ))
+        Ok((component, ComponentReport { outcome, component_ms: ms_since(start), cache_file: file }))
     }
 
     fn store(&self, file: &Path, component: &Component) -> std::io::Result<()> {
@@ -267,8 +240,7 @@ fn deserialize_checked(engine: &Engine, bytes: &[u8]) -> Result<Component, Strin
     // engine configuration wrote (the checksum above proves it is undamaged,
     // the file name ties it to this engine's compatibility hash), in the
     // app's private cache folder.
-    unsafe { Component::deserialize(engine, payload) }
-        .map_err(|e| format!("cache entry rejected: {e}"))
+    unsafe { Component::deserialize(engine, payload) }.map_err(|e| format!("cache entry rejected: {e}"))
 }
 
 fn ms_since(t: Instant) -> f64 {

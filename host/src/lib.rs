@@ -15,15 +15,13 @@ pub mod llama;
 pub mod runtime;
 
 pub use bindings::app::{
-    AppError, GenerationStats, InputTooLong, LoadOptions, Message, RenderedPrompt, SessionKind,
+    AppError, GenerationStats, InputTooLong, LoadOptions, LoadReport, Message, RenderedPrompt, SessionKind,
     SessionOptions, StopReason,
 };
 pub use bindings::inference::{LoadSettings, ModelInfo};
 pub use bindings::types::ModelSource;
 pub use guest::{CacheOutcome, GuestError, GuestSource};
-pub use runtime::{
-    CancelHandle, Generation, Runtime, RuntimeError, RuntimeOptions, Session, StartReport,
-};
+pub use runtime::{CancelHandle, Generation, Runtime, RuntimeError, RuntimeOptions, Session, StartReport};
 
 impl LoadOptions {
     /// Load the model the host was given, with every setting left to the guest.
@@ -52,6 +50,7 @@ impl SessionOptions {
             seed: None,
             stop_strings: None,
             system_prompt: None,
+            logit_bias: None,
         }
     }
 }

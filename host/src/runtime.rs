@@ -18,11 +18,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::Bittybot;
 use crate::bindings::app::{
-    AppError, GenerationStats, LoadOptions, Message, RenderedPrompt, SessionKind, SessionOptions,
+    AppError, GenerationStats, LoadOptions, LoadReport, Message, RenderedPrompt, SessionKind, SessionOptions,
 };
-use crate::bindings::inference::ModelInfo;
 use crate::folders::Folders;
-use crate::guest::{ComponentCache, GuestError, GuestSource, LoadReport};
+use crate::guest::{ComponentCache, ComponentReport, GuestError, GuestSource};
 use crate::imports::TypesCtx;
 use crate::imports::inference::InferenceCtx;
 use crate::imports::platform::PlatformCtx;
@@ -141,10 +140,7 @@ pub(crate) struct StoreData {
 
 impl WasiView for StoreData {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -175,15 +171,13 @@ pub fn engine() -> &'static Engine {
             Err(e) => panic!("wasmtime engine configuration rejected: {e:#}"),
         };
         let ticker = engine.weak();
-        let _ = std::thread::Builder::new()
-            .name("bittybot-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            });
+        let _ = std::thread::Builder::new().name("bittybot-epoch".into()).spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
         engine
     })
 }
@@ -208,7 +202,7 @@ impl CancelHandle {
 #[derive(Debug, Clone)]
 pub struct StartReport {
     /// The component load (cache hit or compile).
-    pub component: LoadReport,
+    pub component: ComponentReport,
     /// Linking and instantiation, ms.
     pub instantiate_ms: f64,
     /// The whole start, ms.
@@ -234,9 +228,7 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime")
-            .field("guest", &self.guest)
-            .finish_non_exhaustive()
+        f.debug_struct("Runtime").field("guest", &self.guest).finish_non_exhaustive()
     }
 }
 
@@ -251,15 +243,11 @@ impl Runtime {
         let start = Instant::now();
         let engine = engine();
         let folders = Folders::under(&options.data_dir, options.model.clone());
-        folders.create().map_err(|e| {
-            RuntimeError::Setup(format!("cannot create {}: {e}", options.data_dir.display()))
-        })?;
-        let cache = ComponentCache::new(
-            options
-                .cache_dir
-                .clone()
-                .unwrap_or_else(|| options.data_dir.join("cache")),
-        );
+        folders
+            .create()
+            .map_err(|e| RuntimeError::Setup(format!("cannot create {}: {e}", options.data_dir.display())))?;
+        let cache =
+            ComponentCache::new(options.cache_dir.clone().unwrap_or_else(|| options.data_dir.join("cache")));
         let (component, component_report) = cache.load(engine, &options.guest)?;
 
         let t_inst = Instant::now();
@@ -271,16 +259,11 @@ impl Runtime {
             reason: format!("{e:#}"),
         };
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link)?;
-        crate::bindings::inference::add_to_linker::<_, InferenceData>(&mut linker, |s| {
-            &mut s.inference
-        })
-        .map_err(link)?;
-        crate::bindings::platform::add_to_linker::<_, PlatformData>(&mut linker, |s| {
-            &mut s.platform
-        })
-        .map_err(link)?;
-        crate::bindings::types::add_to_linker::<_, TypesData>(&mut linker, |s| &mut s.types)
+        crate::bindings::inference::add_to_linker::<_, InferenceData>(&mut linker, |s| &mut s.inference)
             .map_err(link)?;
+        crate::bindings::platform::add_to_linker::<_, PlatformData>(&mut linker, |s| &mut s.platform)
+            .map_err(link)?;
+        crate::bindings::types::add_to_linker::<_, TypesData>(&mut linker, |s| &mut s.types).map_err(link)?;
 
         let wasi = WasiCtxBuilder::new()
             .stdout(wasmtime_wasi::cli::stderr())
@@ -340,15 +323,9 @@ impl Runtime {
         let bindings = Bittybot::instantiate(&mut store, &component, &linker).map_err(|e| {
             let reason = format!("{e:#}");
             if reason.contains("import") || reason.contains("export") {
-                GuestError::Incompatible {
-                    label: options.guest.label().to_owned(),
-                    reason,
-                }
+                GuestError::Incompatible { label: options.guest.label().to_owned(), reason }
             } else {
-                GuestError::Instantiate {
-                    label: options.guest.label().to_owned(),
-                    reason,
-                }
+                GuestError::Instantiate { label: options.guest.label().to_owned(), reason }
             }
         })?;
         let instantiate_ms = t_inst.elapsed().as_secs_f64() * 1000.0;
@@ -394,12 +371,9 @@ impl Runtime {
     }
 
     /// Load a model; the guest fills in settings the options leave open.
-    pub fn load_model(&mut self, options: &LoadOptions) -> Result<ModelInfo, RuntimeError> {
+    pub fn load_model(&mut self, options: &LoadOptions) -> Result<LoadReport, RuntimeError> {
         self.begin_call();
-        let r = self
-            .bindings
-            .bittybot_core_app()
-            .call_load_model(&mut self.store, options);
+        let r = self.bindings.bittybot_core_app().call_load_model(&mut self.store, options);
         Self::app(r)
     }
 
@@ -421,26 +395,15 @@ impl Runtime {
     /// Open a session.
     pub fn open_session(&mut self, kind: SessionKind) -> Result<Session, RuntimeError> {
         self.begin_call();
-        let r = self
-            .bindings
-            .bittybot_core_app()
-            .session()
-            .call_open(&mut self.store, kind);
+        let r = self.bindings.bittybot_core_app().session().call_open(&mut self.store, kind);
         Self::app(r).map(Session)
     }
 
     /// Change a session's generation settings.
-    pub fn configure(
-        &mut self,
-        session: &Session,
-        options: &SessionOptions,
-    ) -> Result<(), RuntimeError> {
+    pub fn configure(&mut self, session: &Session, options: &SessionOptions) -> Result<(), RuntimeError> {
         self.begin_call();
-        let r = self.bindings.bittybot_core_app().session().call_configure(
-            &mut self.store,
-            session.0,
-            options,
-        );
+        let r =
+            self.bindings.bittybot_core_app().session().call_configure(&mut self.store, session.0, options);
         Self::app(r)
     }
 
@@ -452,11 +415,12 @@ impl Runtime {
         target: &str,
     ) -> Result<(), RuntimeError> {
         self.begin_call();
-        let r = self
-            .bindings
-            .bittybot_core_app()
-            .session()
-            .call_set_languages(&mut self.store, session.0, source, target);
+        let r = self.bindings.bittybot_core_app().session().call_set_languages(
+            &mut self.store,
+            session.0,
+            source,
+            target,
+        );
         Self::app(r)
     }
 
@@ -465,36 +429,21 @@ impl Runtime {
     pub fn send(&mut self, session: &Session, text: &str) -> Result<Generation, RuntimeError> {
         self.cancel.store(false, Ordering::Relaxed);
         self.begin_call();
-        let r =
-            self.bindings
-                .bittybot_core_app()
-                .session()
-                .call_send(&mut self.store, session.0, text);
+        let r = self.bindings.bittybot_core_app().session().call_send(&mut self.store, session.0, text);
         Self::app(r).map(Generation)
     }
 
     /// The next visible text of a reply; `None` at the end.
     pub fn next(&mut self, generation: &Generation) -> Result<Option<String>, RuntimeError> {
         self.begin_call();
-        let r = self
-            .bindings
-            .bittybot_core_app()
-            .generation()
-            .call_next(&mut self.store, generation.0);
+        let r = self.bindings.bittybot_core_app().generation().call_next(&mut self.store, generation.0);
         Self::app(r)
     }
 
     /// Figures of a finished reply.
-    pub fn stats(
-        &mut self,
-        generation: &Generation,
-    ) -> Result<Option<GenerationStats>, RuntimeError> {
+    pub fn stats(&mut self, generation: &Generation) -> Result<Option<GenerationStats>, RuntimeError> {
         self.begin_call();
-        self.bindings
-            .bittybot_core_app()
-            .generation()
-            .call_stats(&mut self.store, generation.0)
-            .map_err(trap)
+        self.bindings.bittybot_core_app().generation().call_stats(&mut self.store, generation.0).map_err(trap)
     }
 
     /// Release a generation (an unfinished reply is ended and kept in the history).
@@ -506,31 +455,39 @@ impl Runtime {
     /// Forget a session's history and KV.
     pub fn reset(&mut self, session: &Session) -> Result<(), RuntimeError> {
         self.begin_call();
-        self.bindings
-            .bittybot_core_app()
-            .session()
-            .call_reset(&mut self.store, session.0)
-            .map_err(trap)
+        self.bindings.bittybot_core_app().session().call_reset(&mut self.store, session.0).map_err(trap)
     }
 
     /// The conversation as the app shows it.
     pub fn history(&mut self, session: &Session) -> Result<Vec<Message>, RuntimeError> {
         self.begin_call();
+        self.bindings.bittybot_core_app().session().call_history(&mut self.store, session.0).map_err(trap)
+    }
+
+    /// The tokens in a session's KV sequence.
+    pub fn kv_token_ids(&mut self, session: &Session) -> Result<Vec<i32>, RuntimeError> {
+        self.begin_call();
         self.bindings
             .bittybot_core_app()
             .session()
-            .call_history(&mut self.store, session.0)
+            .call_kv_token_ids(&mut self.store, session.0)
             .map_err(trap)
+    }
+
+    /// The id of the token spelled exactly `text` in the loaded model (host-side lookup).
+    pub fn token_id(&mut self, text: &str) -> Option<i32> {
+        self.store.data_mut().inference.token_id_of(text)
+    }
+
+    /// Whether a token of the loaded model is a control token (host-side lookup).
+    pub fn is_control_token(&mut self, token: i32) -> bool {
+        self.store.data_mut().inference.is_control_token(token)
     }
 
     /// Tokens in a session's KV sequence.
     pub fn kv_tokens(&mut self, session: &Session) -> Result<u32, RuntimeError> {
         self.begin_call();
-        self.bindings
-            .bittybot_core_app()
-            .session()
-            .call_kv_tokens(&mut self.store, session.0)
-            .map_err(trap)
+        self.bindings.bittybot_core_app().session().call_kv_tokens(&mut self.store, session.0).map_err(trap)
     }
 
     /// Release a session and its KV sequence.
@@ -557,8 +514,7 @@ impl Runtime {
         let stats = self.stats(&generation);
         self.close_generation(generation)?;
         result?;
-        let stats =
-            stats?.ok_or_else(|| RuntimeError::Trap("the guest reported no stats".into()))?;
+        let stats = stats?.ok_or_else(|| RuntimeError::Trap("the guest reported no stats".into()))?;
         Ok((chunks, stats))
     }
 }

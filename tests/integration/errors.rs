@@ -18,10 +18,7 @@ fn load_error(model: std::path::PathBuf) -> String {
 #[test]
 fn missing_model_file_is_a_clear_error() {
     let msg = load_error("/nonexistent/model.gguf".into());
-    assert!(
-        msg.contains("no such file") && msg.contains("/nonexistent/model.gguf"),
-        "{msg}"
-    );
+    assert!(msg.contains("no such file") && msg.contains("/nonexistent/model.gguf"), "{msg}");
 }
 
 #[test]
@@ -38,10 +35,7 @@ fn truncated_model_is_a_clear_error_and_the_runtime_stays_usable() {
     let dir = temp_dir();
     let path = dir.path().join("truncated.gguf");
     let full = std::fs::read(demo_model()).unwrap();
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(&full[..full.len() / 3])
-        .unwrap();
+    std::fs::File::create(&path).unwrap().write_all(&full[..full.len() / 3]).unwrap();
     let mut rt = Runtime::start(options(dir.path(), Some(path))).unwrap();
     let err = rt.load_model(&LoadOptions::provided()).unwrap_err();
     let msg = err.to_string();
@@ -49,10 +43,7 @@ fn truncated_model_is_a_clear_error_and_the_runtime_stays_usable() {
     assert!(msg.contains("truncated.gguf"), "{msg}");
     // The same runtime still answers.
     assert!(
-        rt.open_session(bittybot_host::SessionKind::Chat)
-            .unwrap_err()
-            .app()
-            == Some(&AppError::NotReady)
+        rt.open_session(bittybot_host::SessionKind::Chat).unwrap_err().app() == Some(&AppError::NotReady)
     );
 }
 
@@ -60,8 +51,6 @@ fn truncated_model_is_a_clear_error_and_the_runtime_stays_usable() {
 fn sending_before_loading_is_not_ready() {
     let dir = temp_dir();
     let mut rt = Runtime::start(options(dir.path(), None)).unwrap();
-    let err = rt
-        .open_session(bittybot_host::SessionKind::Chat)
-        .unwrap_err();
+    let err = rt.open_session(bittybot_host::SessionKind::Chat).unwrap_err();
     assert_eq!(err.app(), Some(&AppError::NotReady));
 }

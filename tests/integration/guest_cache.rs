@@ -14,10 +14,7 @@ fn second_start_uses_the_serialized_component() {
     let dir = temp_dir();
     let cache = dir.path().join("cache");
     let first = start(dir.path(), &cache);
-    assert_eq!(
-        first.start_report().component.outcome,
-        CacheOutcome::Compiled
-    );
+    assert_eq!(first.start_report().component.outcome, CacheOutcome::Compiled);
     drop(first);
     let second = start(dir.path(), &cache);
     let r = second.start_report();
@@ -29,11 +26,7 @@ fn second_start_uses_the_serialized_component() {
 fn corrupted_cache_file_is_replaced_not_fatal() {
     let dir = temp_dir();
     let cache = dir.path().join("cache");
-    let file = start(dir.path(), &cache)
-        .start_report()
-        .component
-        .cache_file
-        .clone();
+    let file = start(dir.path(), &cache).start_report().component.cache_file.clone();
     // Flip a byte in the middle of the machine code.
     let mut bytes = std::fs::read(&file).unwrap();
     let mid = bytes.len() / 2;
@@ -46,14 +39,8 @@ fn corrupted_cache_file_is_replaced_not_fatal() {
     }
     drop(rt);
     // The rebuilt entry is good again.
-    assert_eq!(
-        start(dir.path(), &cache).start_report().component.outcome,
-        CacheOutcome::Hit
-    );
+    assert_eq!(start(dir.path(), &cache).start_report().component.outcome, CacheOutcome::Hit);
     // A truncated entry too.
     std::fs::write(&file, b"BBCW").unwrap();
-    assert!(matches!(
-        start(dir.path(), &cache).start_report().component.outcome,
-        CacheOutcome::Replaced(_)
-    ));
+    assert!(matches!(start(dir.path(), &cache).start_report().component.outcome, CacheOutcome::Replaced(_)));
 }

@@ -2,5 +2,6 @@
 //! GGUF models. One binary, one module per topic.
 
 mod chat;
+mod conversation;
 mod errors;
 mod guest_cache;

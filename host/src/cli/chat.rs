@@ -60,11 +60,7 @@ pub fn stats_line(s: &GenerationStats) -> String {
         s.decode_tokens_per_s,
         s.kv_tokens,
         stop,
-        if s.dropped_turns > 0 {
-            format!(" · dropped {} turns", s.dropped_turns)
-        } else {
-            String::new()
-        }
+        if s.dropped_turns > 0 { format!(" · dropped {} turns", s.dropped_turns) } else { String::new() }
     )
 }
 
@@ -97,13 +93,15 @@ fn session_options(args: &ChatArgs) -> SessionOptions {
     o
 }
 
-fn threads_note(rt_info: &bittybot_host::ModelInfo) -> String {
+fn threads_note(report: &bittybot_host::LoadReport) -> String {
+    let info = &report.info;
     format!(
-        "{} · ctx {} · threads {}/{}",
-        rt_info.file_name,
-        rt_info.settings.n_ctx,
-        rt_info.settings.threads,
-        rt_info.settings.threads_batch
+        "{} · ctx {} · threads {}/{} ({})",
+        info.file_name,
+        info.settings.n_ctx,
+        info.settings.threads,
+        info.settings.threads_batch,
+        report.threads_source
     )
 }
 
@@ -119,10 +117,7 @@ pub fn chat(ctx: &CliContext, args: &ChatArgs) -> Result<()> {
         return Ok(());
     }
 
-    eprintln!(
-        "{} — type a message; /translate LANG, /chat, /reset, /stats, /quit",
-        threads_note(&info)
-    );
+    eprintln!("{} — type a message; /translate LANG, /chat, /reset, /stats, /quit", threads_note(&info));
     let mut translation: Option<Session> = None;
     let mut in_translation = false;
     let mut last: Option<GenerationStats> = None;
@@ -137,10 +132,7 @@ pub fn chat(ctx: &CliContext, args: &ChatArgs) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        match line
-            .split_once(' ')
-            .map_or((line, ""), |(a, b)| (a, b.trim()))
-        {
+        match line.split_once(' ').map_or((line, ""), |(a, b)| (a, b.trim())) {
             ("/quit" | "/exit", _) => break,
             ("/chat", _) => {
                 in_translation = false;
@@ -161,11 +153,7 @@ pub fn chat(ctx: &CliContext, args: &ChatArgs) -> Result<()> {
                 continue;
             }
             ("/reset", _) => {
-                let session = if in_translation {
-                    translation.as_ref().unwrap_or(&chat)
-                } else {
-                    &chat
-                };
+                let session = if in_translation { translation.as_ref().unwrap_or(&chat) } else { &chat };
                 rt.reset(session)?;
                 eprintln!("(conversation cleared)");
                 continue;

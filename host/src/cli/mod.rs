@@ -113,9 +113,7 @@ pub fn data_dir(flag: Option<&PathBuf>) -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(d).join("bittybot");
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/bittybot")
 }
 
@@ -167,11 +165,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Chat(args) => chat::chat(&ctx, &args),
         Command::Translate(args) => chat::translate(&ctx, &args),
-        Command::Prompt {
-            model,
-            messages,
-            no_generation_prompt,
-        } => {
+        Command::Prompt { model, messages, no_generation_prompt } => {
             let text = std::fs::read_to_string(&messages)
                 .with_context(|| format!("cannot read {}", messages.display()))?;
             let messages: Vec<serde_json::Value> = serde_json::from_str(&text)
@@ -179,18 +173,10 @@ pub fn run(cli: Cli) -> Result<()> {
             let messages = messages
                 .iter()
                 .map(|m| {
-                    let role = m
-                        .get("role")
-                        .and_then(|r| r.as_str())
-                        .context("a message has no \"role\"")?;
-                    let content = m
-                        .get("content")
-                        .and_then(|c| c.as_str())
-                        .context("a message has no \"content\"")?;
-                    Ok(Message {
-                        role: role.to_owned(),
-                        content: content.to_owned(),
-                    })
+                    let role = m.get("role").and_then(|r| r.as_str()).context("a message has no \"role\"")?;
+                    let content =
+                        m.get("content").and_then(|c| c.as_str()).context("a message has no \"content\"")?;
+                    Ok(Message { role: role.to_owned(), content: content.to_owned() })
                 })
                 .collect::<Result<Vec<_>>>()?;
             let mut rt = start_runtime(&ctx, Some(&model.model))?;
@@ -200,13 +186,7 @@ pub fn run(cli: Cli) -> Result<()> {
             eprintln!("\n--- {} tokens", rendered.tokens.len());
             Ok(())
         }
-        Command::Bench {
-            model,
-            reps,
-            max_tokens,
-            prompt,
-            json,
-        } => {
+        Command::Bench { model, reps, max_tokens, prompt, json } => {
             let cfg = BenchConfig {
                 model: model.model.clone(),
                 data_dir: ctx.data_dir.clone(),

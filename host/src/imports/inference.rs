@@ -11,9 +11,7 @@ use crate::bindings::inference::{
 };
 use crate::bindings::types::{FileRef, ModelSource};
 use crate::folders::Folders;
-use crate::llama::{
-    CancelFlag, LLAMA_CPP_VERSION, LlamaError, LoadRequest, ModelFacts, SamplerSpec, Worker,
-};
+use crate::llama::{CancelFlag, LLAMA_CPP_VERSION, LlamaError, LoadRequest, ModelFacts, SamplerSpec, Worker};
 
 /// The host data behind a guest `sampler`.
 #[derive(Debug)]
@@ -42,19 +40,28 @@ pub struct InferenceCtx {
 impl InferenceCtx {
     /// A context with no model loaded.
     pub fn new(worker: Worker, folders: Folders, cancel: CancelFlag) -> Self {
-        InferenceCtx {
-            worker,
-            model: None,
-            facts: None,
-            folders,
-            cancel,
-            table: ResourceTable::new(),
-        }
+        InferenceCtx { worker, model: None, facts: None, folders, cancel, table: ResourceTable::new() }
     }
 
     /// The loaded model's facts.
     pub fn facts(&self) -> Option<&ModelFacts> {
         self.facts.as_ref()
+    }
+
+    /// The id of the token spelled exactly `text`.
+    pub fn token_id_of(&self, text: &str) -> Option<i32> {
+        let model = self.model.as_deref()?;
+        let vocab = model.vocab();
+        match vocab.tokenize(text.as_bytes(), false, true).as_slice() {
+            [t] if vocab.token_to_piece(*t, true, None) == text.as_bytes() => Some(t.0),
+            _ => None,
+        }
+    }
+
+    /// Whether a token is a control token.
+    pub fn is_control_token(&self, token: i32) -> bool {
+        self.valid_token(token)
+            && self.model.as_deref().is_some_and(|m| m.vocab().is_control(LlamaToken(token)))
     }
 
     fn model(&self) -> Result<&LlamaModel, InferenceError> {
@@ -76,15 +83,9 @@ pub fn to_wit(e: LlamaError) -> InferenceError {
         LlamaError::NoModel => InferenceError::NoModel,
         LlamaError::Load { .. } => InferenceError::LoadFailed(e.to_string()),
         LlamaError::InvalidArgument(s) => InferenceError::InvalidArgument(s),
-        LlamaError::ContextFull {
-            used,
-            requested,
-            capacity,
-        } => InferenceError::ContextFull(ContextFull {
-            used,
-            requested,
-            capacity,
-        }),
+        LlamaError::ContextFull { used, requested, capacity } => {
+            InferenceError::ContextFull(ContextFull { used, requested, capacity })
+        }
         LlamaError::Decode(s) => InferenceError::DecodeFailed(s),
         LlamaError::Cancelled => InferenceError::Cancelled,
         LlamaError::Io(s) => InferenceError::Io(s),
@@ -109,11 +110,7 @@ fn info(f: &ModelFacts) -> ModelInfo {
         add_bos: f.add_bos,
         chat_template: f.chat_template.clone(),
         file_size: f.file_size,
-        file_name: f
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        file_name: f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         settings: LoadSettings {
             n_ctx: f.n_ctx,
             n_batch: f.n_batch,
@@ -128,10 +125,7 @@ fn info(f: &ModelFacts) -> ModelInfo {
 
 impl wit::Host for InferenceCtx {
     fn load(&mut self, source: ModelSource, s: LoadSettings) -> Result<ModelInfo, InferenceError> {
-        let path = self
-            .folders
-            .model_path(&source)
-            .map_err(|e| InferenceError::LoadFailed(e.to_string()))?;
+        let path = self.folders.model_path(&source).map_err(|e| InferenceError::LoadFailed(e.to_string()))?;
         self.model = None;
         self.facts = None;
         let (model, facts) = self
@@ -169,9 +163,7 @@ impl wit::Host for InferenceCtx {
         parse_special: bool,
     ) -> Result<Vec<i32>, InferenceError> {
         let model = self.model()?;
-        let tokens = model
-            .vocab()
-            .tokenize(text.as_bytes(), add_bos, parse_special);
+        let tokens = model.vocab().tokenize(text.as_bytes(), add_bos, parse_special);
         Ok(tokens.into_iter().map(|t| t.0).collect())
     }
 
@@ -183,48 +175,29 @@ impl wit::Host for InferenceCtx {
     }
 
     fn token_id(&mut self, text: String) -> Option<i32> {
-        let model = self.model.as_deref()?;
-        let vocab = model.vocab();
-        match vocab.tokenize(text.as_bytes(), false, true).as_slice() {
-            [t] if vocab.token_to_piece(*t, true, None) == text.as_bytes() => Some(t.0),
-            _ => None,
-        }
+        self.token_id_of(&text)
     }
 
     fn is_eog(&mut self, token: i32) -> bool {
-        self.valid_token(token)
-            && self
-                .model
-                .as_deref()
-                .is_some_and(|m| m.vocab().is_eog(LlamaToken(token)))
+        self.valid_token(token) && self.model.as_deref().is_some_and(|m| m.vocab().is_eog(LlamaToken(token)))
     }
 
     fn is_control(&mut self, token: i32) -> bool {
         self.valid_token(token)
-            && self
-                .model
-                .as_deref()
-                .is_some_and(|m| m.vocab().is_control(LlamaToken(token)))
+            && self.model.as_deref().is_some_and(|m| m.vocab().is_control(LlamaToken(token)))
     }
 
     fn decode(&mut self, seq: u32, tokens: Vec<i32>) -> Result<(), InferenceError> {
         let cancel = self.cancel.clone();
-        self.worker
-            .call(move |st| st.loaded()?.decode(seq, &tokens, &cancel))
-            .and_then(|r| r)
-            .map_err(to_wit)
+        self.worker.call(move |st| st.loaded()?.decode(seq, &tokens, &cancel)).and_then(|r| r).map_err(to_wit)
     }
 
     fn kv_len(&mut self, seq: u32) -> u32 {
-        self.worker
-            .call(move |st| st.loaded().map(|l| l.seq_len(seq)).unwrap_or(0))
-            .unwrap_or(0)
+        self.worker.call(move |st| st.loaded().map(|l| l.seq_len(seq)).unwrap_or(0)).unwrap_or(0)
     }
 
     fn kv_clear(&mut self, seq: u32) {
-        let _ = self
-            .worker
-            .call(move |st| st.loaded().and_then(|l| l.kv_clear(seq)));
+        let _ = self.worker.call(move |st| st.loaded().and_then(|l| l.kv_clear(seq)));
     }
 
     fn kv_remove(&mut self, seq: u32, p0: u32, p1: Option<u32>) -> bool {
@@ -235,21 +208,11 @@ impl wit::Host for InferenceCtx {
     }
 
     fn kv_shift(&mut self, seq: u32, p0: u32, p1: Option<u32>, delta: i32) {
-        let _ = self
-            .worker
-            .call(move |st| st.loaded().and_then(|l| l.kv_shift(seq, p0, p1, delta)));
+        let _ = self.worker.call(move |st| st.loaded().and_then(|l| l.kv_shift(seq, p0, p1, delta)));
     }
 
-    fn state_save(
-        &mut self,
-        seq: u32,
-        file: FileRef,
-        tokens: Vec<i32>,
-    ) -> Result<u64, InferenceError> {
-        let path = self
-            .folders
-            .resolve(&file)
-            .map_err(|e| InferenceError::Io(e.to_string()))?;
+    fn state_save(&mut self, seq: u32, file: FileRef, tokens: Vec<i32>) -> Result<u64, InferenceError> {
+        let path = self.folders.resolve(&file).map_err(|e| InferenceError::Io(e.to_string()))?;
         self.worker
             .call(move |st| st.loaded()?.state_save(seq, &path, &tokens))
             .and_then(|r| r)
@@ -257,14 +220,8 @@ impl wit::Host for InferenceCtx {
     }
 
     fn state_load(&mut self, seq: u32, file: FileRef) -> Result<Vec<i32>, InferenceError> {
-        let path = self
-            .folders
-            .resolve(&file)
-            .map_err(|e| InferenceError::Io(e.to_string()))?;
-        self.worker
-            .call(move |st| st.loaded()?.state_load(seq, &path))
-            .and_then(|r| r)
-            .map_err(to_wit)
+        let path = self.folders.resolve(&file).map_err(|e| InferenceError::Io(e.to_string()))?;
+        self.worker.call(move |st| st.loaded()?.state_load(seq, &path)).and_then(|r| r).map_err(to_wit)
     }
 }
 
@@ -356,9 +313,7 @@ impl wit::HostKvSnapshot for InferenceCtx {
 
     fn drop(&mut self, rep: Resource<SnapshotHandle>) -> wasmtime::Result<()> {
         let handle = self.table.delete(rep)?;
-        let _ = self
-            .worker
-            .call(move |st| st.samplers.remove_snapshot(handle.id));
+        let _ = self.worker.call(move |st| st.samplers.remove_snapshot(handle.id));
         Ok(())
     }
 }

@@ -16,10 +16,7 @@ pub struct PlatformCtx {
 impl PlatformCtx {
     /// Platform facts from the real sysfs (or `sysfs_cpu`, for tests).
     pub fn new(cancel: CancelFlag, sysfs_cpu: Option<PathBuf>) -> Self {
-        PlatformCtx {
-            cancel,
-            sysfs_cpu: sysfs_cpu.unwrap_or_else(|| device::SYSFS_CPU.into()),
-        }
+        PlatformCtx { cancel, sysfs_cpu: sysfs_cpu.unwrap_or_else(|| device::SYSFS_CPU.into()) }
     }
 }
 
@@ -48,9 +45,6 @@ impl wit::Host for PlatformCtx {
 
     fn read_memory(&mut self) -> MemoryInfo {
         let m = device::memory();
-        MemoryInfo {
-            total: m.total,
-            available: m.available,
-        }
+        MemoryInfo { total: m.total, available: m.available }
     }
 }

@@ -90,36 +90,20 @@ fn some_token(t: LlamaToken) -> Option<i32> {
 impl<'m> Loaded<'m> {
     /// Create the context for a freshly loaded model.
     pub fn new(model: &'m LlamaModel, req: &LoadRequest) -> Result<(Self, ModelFacts), LlamaError> {
-        let fail = |reason: String| LlamaError::Load {
-            path: req.path.clone(),
-            reason,
-        };
+        let fail = |reason: String| LlamaError::Load { path: req.path.clone(), reason };
         if req.n_ctx < 16 || req.n_ctx > MAX_N_CTX {
-            return Err(fail(format!(
-                "n_ctx {} out of range 16..={MAX_N_CTX}",
-                req.n_ctx
-            )));
+            return Err(fail(format!("n_ctx {} out of range 16..={MAX_N_CTX}", req.n_ctx)));
         }
         if req.n_seq == 0 || req.n_seq > 64 {
             return Err(fail(format!("n_seq_max {} out of range 1..=64", req.n_seq)));
         }
         if req.n_batch == 0 || req.n_batch > 8192 {
-            return Err(fail(format!(
-                "n_batch {} out of range 1..=8192",
-                req.n_batch
-            )));
+            return Err(fail(format!("n_batch {} out of range 1..=8192", req.n_batch)));
         }
-        if req.threads == 0
-            || req.threads_batch == 0
-            || req.threads > 256
-            || req.threads_batch > 256
-        {
+        if req.threads == 0 || req.threads_batch == 0 || req.threads > 256 || req.threads_batch > 256 {
             return Err(fail("thread counts must be 1..=256".into()));
         }
-        let total = req
-            .n_ctx
-            .checked_mul(req.n_seq)
-            .filter(|&t| t <= MAX_N_CTX * 4);
+        let total = req.n_ctx.checked_mul(req.n_seq).filter(|&t| t <= MAX_N_CTX * 4);
         let total = total.ok_or_else(|| fail("n_ctx × n_seq_max too large".into()))?;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(total))
@@ -129,9 +113,9 @@ impl<'m> Loaded<'m> {
             .with_n_threads(req.threads as i32)
             .with_n_threads_batch(req.threads_batch as i32);
         log::clear();
-        let ctx = model.new_context(backend()?, params).map_err(|e| {
-            fail(log::reason().unwrap_or_else(|| format!("cannot create the context: {e}")))
-        })?;
+        let ctx = model
+            .new_context(backend()?, params)
+            .map_err(|e| fail(log::reason().unwrap_or_else(|| format!("cannot create the context: {e}"))))?;
         let n_ctx_seq = ctx.n_ctx() / req.n_seq;
         let n_batch = ctx.n_batch();
         let vocab = model.vocab();
@@ -158,10 +142,7 @@ impl<'m> Loaded<'m> {
             bos: some_token(vocab.bos()),
             eos: some_token(vocab.eos()),
             add_bos: vocab.should_add_bos(),
-            chat_template: model
-                .chat_template(None)
-                .ok()
-                .and_then(|t| t.to_string().ok()),
+            chat_template: model.chat_template(None).ok().and_then(|t| t.to_string().ok()),
             file_size: std::fs::metadata(&req.path).map(|m| m.len()).unwrap_or(0),
             path: req.path.clone(),
             n_ctx: n_ctx_seq,
@@ -221,12 +202,7 @@ impl<'m> Loaded<'m> {
     /// Evaluate `tokens` appended to sequence `seq`, `n_batch` at a time,
     /// checking `cancel` between batches. Logits are kept for the last token.
     /// On failure the sequence holds a prefix of what was asked.
-    pub fn decode(
-        &mut self,
-        seq: u32,
-        tokens: &[i32],
-        cancel: &AtomicBool,
-    ) -> Result<(), LlamaError> {
+    pub fn decode(&mut self, seq: u32, tokens: &[i32], cancel: &AtomicBool) -> Result<(), LlamaError> {
         let s = self.check_seq(seq)?;
         self.check_tokens(tokens)?;
         if tokens.is_empty() {
@@ -235,11 +211,7 @@ impl<'m> Loaded<'m> {
         let used = self.seq_len(seq);
         let requested = tokens.len() as u32;
         if used as u64 + requested as u64 > self.n_ctx_seq as u64 {
-            return Err(LlamaError::ContextFull {
-                used,
-                requested,
-                capacity: self.n_ctx_seq,
-            });
+            return Err(LlamaError::ContextFull { used, requested, capacity: self.n_ctx_seq });
         }
         let last = tokens.len() - 1;
         let mut pos = used as i32;
@@ -285,19 +257,11 @@ impl<'m> Loaded<'m> {
     }
 
     /// Move positions [p0, p1) by `delta`.
-    pub fn kv_shift(
-        &mut self,
-        seq: u32,
-        p0: u32,
-        p1: Option<u32>,
-        delta: i32,
-    ) -> Result<(), LlamaError> {
+    pub fn kv_shift(&mut self, seq: u32, p0: u32, p1: Option<u32>, delta: i32) -> Result<(), LlamaError> {
         let s = self.check_seq(seq)?;
         check_range(p0, p1)?;
         if delta.unsigned_abs() > MAX_N_CTX {
-            return Err(LlamaError::InvalidArgument(format!(
-                "shift {delta} out of range"
-            )));
+            return Err(LlamaError::InvalidArgument(format!("shift {delta} out of range")));
         }
         self.ctx
             .kv_cache_seq_add(s, Some(p0), p1, delta)
@@ -321,9 +285,7 @@ impl<'m> Loaded<'m> {
         let _ = self.ctx.clear_kv_cache_seq(Some(s as u32), None, None);
         self.has_logits = false;
         log::clear();
-        let result = self
-            .ctx
-            .state_seq_load_file(path, s, self.n_ctx_seq as usize);
+        let result = self.ctx.state_seq_load_file(path, s, self.n_ctx_seq as usize);
         match result {
             Ok((tokens, _)) => Ok(tokens.into_iter().map(|t| t.0).collect()),
             Err(e) => {
@@ -338,10 +300,7 @@ impl<'m> Loaded<'m> {
     }
 
     /// Copy a sequence's state into memory.
-    pub fn snapshot(
-        &self,
-        seq: u32,
-    ) -> Result<llama_cpp_2::context::session::SeqState, LlamaError> {
+    pub fn snapshot(&self, seq: u32) -> Result<llama_cpp_2::context::session::SeqState, LlamaError> {
         let s = self.check_seq(seq)?;
         self.ctx
             .state_seq_get(s, LlamaStateSeqFlags::empty())
@@ -367,9 +326,9 @@ impl<'m> Loaded<'m> {
 /// Check every token id is in a vocabulary of `n_vocab` tokens.
 pub fn check_tokens(tokens: &[i32], n_vocab: i32) -> Result<(), LlamaError> {
     match tokens.iter().find(|&&t| t < 0 || t >= n_vocab) {
-        Some(bad) => Err(LlamaError::InvalidArgument(format!(
-            "token {bad} is not in the vocabulary (0..{n_vocab})"
-        ))),
+        Some(bad) => {
+            Err(LlamaError::InvalidArgument(format!("token {bad} is not in the vocabulary (0..{n_vocab})")))
+        }
         None => Ok(()),
     }
 }
@@ -379,8 +338,6 @@ fn check_range(p0: u32, p1: Option<u32>) -> Result<(), LlamaError> {
     if ok {
         Ok(())
     } else {
-        Err(LlamaError::InvalidArgument(format!(
-            "position range {p0}..{p1:?} is invalid"
-        )))
+        Err(LlamaError::InvalidArgument(format!("position range {p0}..{p1:?} is invalid")))
     }
 }

@@ -6,9 +6,7 @@ use std::collections::VecDeque;
 use std::ffi::{CStr, c_char, c_void};
 use std::sync::Mutex;
 
-use llama_cpp_sys_2::{
-    GGML_LOG_LEVEL_CONT, GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_WARN, ggml_log_level,
-};
+use llama_cpp_sys_2::{GGML_LOG_LEVEL_CONT, GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_WARN, ggml_log_level};
 
 const KEEP: usize = 16;
 
@@ -69,10 +67,7 @@ pub fn clear() {
 
 /// The warnings and errors captured since the last `clear`, oldest first.
 pub fn recent() -> Vec<String> {
-    RECENT
-        .lock()
-        .map(|r| r.iter().cloned().collect())
-        .unwrap_or_default()
+    RECENT.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
 }
 
 /// The most telling captured line: the last error, else the last warning.

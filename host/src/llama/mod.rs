@@ -154,26 +154,15 @@ impl Worker {
             .name("bittybot-inference".into())
             .spawn(move || run(job_rx, reply_tx))
             .map_err(|e| LlamaError::Worker(format!("cannot start the inference thread: {e}")))?;
-        Ok(Worker {
-            tx,
-            rx,
-            thread: Some(thread),
-        })
+        Ok(Worker { tx, rx, thread: Some(thread) })
     }
 
     fn round_trip(&self, msg: Msg) -> Result<Box<dyn Any + Send>, LlamaError> {
-        self.tx
-            .send(msg)
-            .map_err(|_| LlamaError::Worker("the inference thread has stopped".into()))?;
-        let reply = self
-            .rx
-            .recv()
-            .map_err(|_| LlamaError::Worker("the inference thread has stopped".into()))?;
+        self.tx.send(msg).map_err(|_| LlamaError::Worker("the inference thread has stopped".into()))?;
+        let reply =
+            self.rx.recv().map_err(|_| LlamaError::Worker("the inference thread has stopped".into()))?;
         match reply.downcast::<Panicked>() {
-            Ok(p) => Err(LlamaError::Worker(format!(
-                "llama.cpp call panicked: {}",
-                p.0
-            ))),
+            Ok(p) => Err(LlamaError::Worker(format!("llama.cpp call panicked: {}", p.0))),
             Err(reply) => Ok(reply),
         }
     }
@@ -185,10 +174,7 @@ impl Worker {
     ) -> Result<R, LlamaError> {
         let job: Job = Box::new(move |st| Box::new(f(st)) as Box<dyn Any + Send>);
         let reply = self.round_trip(Msg::Job(job))?;
-        reply
-            .downcast::<R>()
-            .map(|r| *r)
-            .map_err(|_| LlamaError::Worker("unexpected reply type".into()))
+        reply.downcast::<R>().map(|r| *r).map_err(|_| LlamaError::Worker("unexpected reply type".into()))
     }
 
     /// Load a model (replacing the current one) and create its context.
@@ -240,16 +226,15 @@ fn run(rx: Receiver<Msg>, reply: Sender<Box<dyn Any + Send>>) {
         };
         match msg {
             Msg::Load(req) => {
-                let model =
-                    match catch(|| open_model(&req)).downcast::<Result<LlamaModel, LlamaError>>() {
-                        Ok(r) => *r,
-                        Err(p) => {
-                            if reply.send(p).is_err() {
-                                return;
-                            }
-                            continue;
+                let model = match catch(|| open_model(&req)).downcast::<Result<LlamaModel, LlamaError>>() {
+                    Ok(r) => *r,
+                    Err(p) => {
+                        if reply.send(p).is_err() {
+                            return;
                         }
-                    };
+                        continue;
+                    }
+                };
                 let model = match model {
                     Ok(m) => Arc::new(m),
                     Err(e) => {
@@ -280,10 +265,7 @@ fn run(rx: Receiver<Msg>, reply: Sender<Box<dyn Any + Send>>) {
                 }
             }
             Msg::Job(job) => {
-                let mut st = WorkerState {
-                    loaded: None,
-                    samplers: &mut samplers,
-                };
+                let mut st = WorkerState { loaded: None, samplers: &mut samplers };
                 if reply.send(catch_job(job, &mut st)).is_err() {
                     return;
                 }
@@ -311,10 +293,7 @@ fn serve(
     loop {
         match rx.recv().ok()? {
             Msg::Job(job) => {
-                let mut st = WorkerState {
-                    loaded: Some(&mut loaded),
-                    samplers,
-                };
+                let mut st = WorkerState { loaded: Some(&mut loaded), samplers };
                 reply.send(catch_job(job, &mut st)).ok()?;
             }
             other => return Some(other),
@@ -324,19 +303,13 @@ fn serve(
 
 /// Check the file, then let llama.cpp load it.
 fn open_model(req: &LoadRequest) -> Result<LlamaModel, LlamaError> {
-    let fail = |reason: String| LlamaError::Load {
-        path: req.path.clone(),
-        reason,
-    };
+    let fail = |reason: String| LlamaError::Load { path: req.path.clone(), reason };
     check_gguf_header(&req.path).map_err(fail)?;
-    let params =
-        llama_cpp_2::model::params::LlamaModelParams::default().with_use_mmap(req.use_mmap);
+    let params = llama_cpp_2::model::params::LlamaModelParams::default().with_use_mmap(req.use_mmap);
     log::clear();
     LlamaModel::load_from_file(backend()?, &req.path, &params).map_err(|e| {
         fail(log::reason().unwrap_or_else(|| {
-            format!(
-                "llama.cpp refused the file ({e}): corrupt, truncated or unsupported architecture"
-            )
+            format!("llama.cpp refused the file ({e}): corrupt, truncated or unsupported architecture")
         }))
     })
 }
@@ -353,16 +326,12 @@ pub fn check_gguf_header(path: &Path) -> Result<(), String> {
         return Err("not a regular file".into());
     }
     let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => "file too short to be GGUF".to_owned(),
-            _ => e.to_string(),
-        })?;
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => "file too short to be GGUF".to_owned(),
+        _ => e.to_string(),
+    })?;
     if &magic != b"GGUF" {
-        return Err(format!(
-            "not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")"
-        ));
+        return Err(format!("not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")"));
     }
     Ok(())
 }

@@ -70,21 +70,12 @@ impl SamplerSpec {
         self.validate(n_vocab)?;
         let mut chain = Vec::new();
         if !self.logit_bias.is_empty() {
-            let biases: Vec<LlamaLogitBias> = self
-                .logit_bias
-                .iter()
-                .map(|&(t, b)| LlamaLogitBias::new(LlamaToken(t), b))
-                .collect();
+            let biases: Vec<LlamaLogitBias> =
+                self.logit_bias.iter().map(|&(t, b)| LlamaLogitBias::new(LlamaToken(t), b)).collect();
             chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
         }
         if self.repeat_penalty != 1.0 && self.repeat_last_n != 0 {
-            chain.push(LlamaSampler::penalties(
-                n_vocab,
-                self.repeat_last_n,
-                self.repeat_penalty,
-                0.0,
-                0.0,
-            ));
+            chain.push(LlamaSampler::penalties(n_vocab, self.repeat_last_n, self.repeat_penalty, 0.0, 0.0));
         }
         if self.temperature <= 0.0 {
             chain.push(LlamaSampler::greedy());
@@ -129,14 +120,7 @@ impl Samplers {
     /// Register a sampler configuration; returns its id.
     pub fn add(&mut self, spec: SamplerSpec) -> u32 {
         let id = self.fresh_id();
-        self.samplers.insert(
-            id,
-            Entry {
-                spec,
-                chain: None,
-                history: Vec::new(),
-            },
-        );
+        self.samplers.insert(id, Entry { spec, chain: None, history: Vec::new() });
         id
     }
 
@@ -146,17 +130,13 @@ impl Samplers {
     }
 
     fn entry(&mut self, id: u32) -> Result<&mut Entry, LlamaError> {
-        self.samplers
-            .get_mut(&id)
-            .ok_or_else(|| LlamaError::InvalidArgument(format!("unknown sampler {id}")))
+        self.samplers.get_mut(&id).ok_or_else(|| LlamaError::InvalidArgument(format!("unknown sampler {id}")))
     }
 
     /// Sample from the last decoded logits (and record the token).
     pub fn sample(&mut self, id: u32, loaded: &mut Loaded<'_>) -> Result<i32, LlamaError> {
         if !loaded.has_logits {
-            return Err(LlamaError::InvalidArgument(
-                "nothing to sample from: decode a token first".into(),
-            ));
+            return Err(LlamaError::InvalidArgument("nothing to sample from: decode a token first".into()));
         }
         let n_vocab = loaded.n_vocab();
         let entry = self.entry(id)?;
@@ -172,12 +152,7 @@ impl Samplers {
     }
 
     /// Record tokens in a sampler's history.
-    pub fn accept(
-        &mut self,
-        id: u32,
-        tokens: &[i32],
-        n_vocab: Option<i32>,
-    ) -> Result<(), LlamaError> {
+    pub fn accept(&mut self, id: u32, tokens: &[i32], n_vocab: Option<i32>) -> Result<(), LlamaError> {
         let entry = self.entry(id)?;
         match (&mut entry.chain, n_vocab) {
             (Some(chain), Some(n)) => {
@@ -208,9 +183,7 @@ impl Samplers {
 
     /// A snapshot by id.
     pub fn snapshot(&self, id: u32) -> Result<&SeqState, LlamaError> {
-        self.snapshots
-            .get(&id)
-            .ok_or_else(|| LlamaError::InvalidArgument(format!("unknown snapshot {id}")))
+        self.snapshots.get(&id).ok_or_else(|| LlamaError::InvalidArgument(format!("unknown snapshot {id}")))
     }
 
     /// Forget a snapshot.
