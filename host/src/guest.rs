@@ -174,7 +174,11 @@ impl ComponentCache {
 
     /// Get the compiled component: from the cache when valid, else compile
     /// (and store). A bad entry is deleted and rebuilt, never fatal.
-    pub fn load(&self, engine: &Engine, guest: &GuestSource) -> Result<(Component, ComponentReport), GuestError> {
+    pub fn load(
+        &self,
+        engine: &Engine,
+        guest: &GuestSource,
+    ) -> Result<(Component, ComponentReport), GuestError> {
         let start = Instant::now();
         let file = self.file_for(engine, guest);
         let mut replaced = None;

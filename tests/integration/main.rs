@@ -2,6 +2,7 @@
 //! GGUF models. One binary, one module per topic.
 
 mod chat;
+mod cohere;
 mod conversation;
 mod errors;
 mod guest_cache;
