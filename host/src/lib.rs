@@ -13,6 +13,7 @@ pub mod guest;
 pub mod imports;
 pub mod llama;
 pub mod runtime;
+pub mod service;
 
 pub use bindings::app::{
     AppError, GenerationStats, InputTooLong, LoadOptions, LoadReport, Message, RenderedPrompt, SessionKind,
@@ -21,6 +22,9 @@ pub use bindings::app::{
 pub use bindings::inference::{LoadSettings, ModelInfo};
 pub use bindings::types::ModelSource;
 pub use guest::{CacheOutcome, GuestError, GuestSource};
+pub use service::{
+    ErrorKind, ReadyInfo, ReplyListener, Service, ServiceError, ServiceOptions, ServiceState, StateListener,
+};
 pub use runtime::{CancelHandle, Generation, Runtime, RuntimeError, RuntimeOptions, Session, StartReport};
 
 impl LoadOptions {

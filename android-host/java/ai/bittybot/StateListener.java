@@ -1,0 +1,30 @@
+package ai.bittybot;
+
+/**
+ * Start-up states of a {@link BittyBot}, called on its worker thread, in
+ * order: checking, (downloading, verifying,) loading, then ready or error.
+ * Downloading and verifying are not reported yet: they arrive with the
+ * model download state machine.
+ */
+public interface StateListener {
+    /** Starting the engine and looking for the model. */
+    default void onChecking() {}
+
+    /** Downloading the model (not reported yet). */
+    default void onDownloading(long done, long total, double bytesPerSecond) {}
+
+    /** Checking the model file's SHA-256 (not reported yet). */
+    default void onVerifying(long done, long total) {}
+
+    /** Loading the model. */
+    default void onLoading() {}
+
+    /** Ready for {@link BittyBot#send}; {@code summary} names the model and settings. */
+    void onReady(String summary);
+
+    /**
+     * Start-up failed: {@code kind} is e.g. {@code load-failed}, {@code no-model},
+     * {@code guest}, {@code io}; every later turn fails with {@code not-ready}.
+     */
+    void onError(String kind, String message);
+}

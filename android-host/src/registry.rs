@@ -1,0 +1,158 @@
+//! Live instances, keyed by the `long` handle Java holds.
+//!
+//! STYLE.md suggests a handle made with `Box::into_raw` and an explicit
+//! destroy. A registry is used instead: a handle is an id that is never
+//! reused, so a closed, doubly-closed or made-up handle (a stale field, a
+//! number from another library) finds nothing and becomes a `closed`
+//! exception, where a raw pointer would be a use-after-free. The cost is
+//! one uncontended mutex and a map lookup per call.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bittybot_host::{ErrorKind, Service, ServiceOptions, SessionKind, SessionOptions};
+use jni::sys::{jfloat, jint, jlong};
+
+use crate::errors::Failure;
+use crate::listeners::{JavaReplyListener, JavaStateListener};
+
+static LIVE: Mutex<BTreeMap<jlong, Arc<Instance>>> = Mutex::new(BTreeMap::new());
+static NEXT_ID: AtomicI64 = AtomicI64::new(1);
+
+fn live() -> MutexGuard<'static, BTreeMap<jlong, Arc<Instance>>> {
+    // A panic while holding the lock leaves a map that is still consistent.
+    LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn closed(handle: jlong) -> Failure {
+    Failure::new(ErrorKind::Closed, format!("handle {handle} is closed or was never created"))
+}
+
+/// Register a new instance; returns its handle.
+pub fn create(data_dir: PathBuf, guest: Option<PathBuf>) -> jlong {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let instance = Instance { data_dir, guest, setup: Mutex::new(Setup::default()), service: OnceLock::new() };
+    live().insert(id, Arc::new(instance));
+    id
+}
+
+/// The live instance of `handle`.
+pub fn get(handle: jlong) -> Result<Arc<Instance>, Failure> {
+    live().get(&handle).cloned().ok_or_else(|| closed(handle))
+}
+
+/// Unregister `handle` and stop its service (waits for the service thread,
+/// unless called from one of its listeners).
+pub fn close(handle: jlong) -> Result<(), Failure> {
+    let instance = live().remove(&handle).ok_or_else(|| closed(handle))?;
+    if let Some(service) = instance.service.get() {
+        service.close();
+    }
+    Ok(())
+}
+
+/// Settings given before `start`.
+#[derive(Default)]
+struct Setup {
+    model: Option<PathBuf>,
+    configure: Vec<(SessionKind, SessionOptions)>,
+    languages: Option<(Option<String>, String)>,
+    started: bool,
+}
+
+/// One `BittyBot` object's native side.
+pub struct Instance {
+    data_dir: PathBuf,
+    guest: Option<PathBuf>,
+    setup: Mutex<Setup>,
+    service: OnceLock<Service>,
+}
+
+impl Instance {
+    fn setup(&self) -> MutexGuard<'_, Setup> {
+        self.setup.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn service(&self) -> Result<&Service, Failure> {
+        self.service.get().ok_or_else(|| Failure::new(ErrorKind::NotReady, "call start() first"))
+    }
+
+    /// The model file to load: the stand-in until the app's model download
+    /// (the guest's setup state machine) is wired into the service.
+    pub fn set_model_path(&self, path: PathBuf) -> Result<(), Failure> {
+        let mut setup = self.setup();
+        if setup.started {
+            return Err(Failure::new(ErrorKind::InvalidArgument, "setModelPath must be called before start()"));
+        }
+        setup.model = Some(path);
+        Ok(())
+    }
+
+    /// Start the service thread; returns at once.
+    pub fn start(&self, listener: JavaStateListener) -> Result<(), Failure> {
+        let mut setup = self.setup();
+        if setup.started {
+            return Err(Failure::new(ErrorKind::InvalidArgument, "start() was already called"));
+        }
+        let mut options = ServiceOptions::new(&self.data_dir);
+        options.guest_file = self.guest.clone();
+        let service = Service::start(options, setup.model.clone(), listener)?;
+        for (kind, options) in setup.configure.drain(..) {
+            service.configure(kind, options)?;
+        }
+        if let Some((from, to)) = setup.languages.take() {
+            service.set_languages(from, to)?;
+        }
+        setup.started = true;
+        let _ = self.service.set(service);
+        Ok(())
+    }
+
+    /// Generation settings of a session; a negative value leaves a setting unchanged.
+    pub fn configure(&self, kind: SessionKind, max_tokens: jint, temperature: jfloat) -> Result<(), Failure> {
+        let mut options = SessionOptions::unchanged();
+        options.max_tokens = u32::try_from(max_tokens).ok();
+        options.temperature = (temperature.is_finite() && temperature >= 0.0).then_some(temperature);
+        match self.service.get() {
+            Some(service) => Ok(service.configure(kind, options)?),
+            None => {
+                self.setup().configure.push((kind, options));
+                Ok(())
+            }
+        }
+    }
+
+    /// The translation session's language pair.
+    pub fn set_translation_pair(&self, from: Option<String>, to: String) -> Result<(), Failure> {
+        match self.service.get() {
+            Some(service) => Ok(service.set_languages(from, to)?),
+            None => {
+                self.setup().languages = Some((from, to));
+                Ok(())
+            }
+        }
+    }
+
+    /// Queue a turn.
+    pub fn send(&self, kind: SessionKind, text: String, reply: JavaReplyListener) -> Result<(), Failure> {
+        Ok(self.service()?.send(kind, text, reply)?)
+    }
+
+    /// Cancel the reply in progress and the turns queued before.
+    pub fn cancel(&self) -> Result<(), Failure> {
+        if let Some(service) = self.service.get() {
+            service.cancel();
+        }
+        Ok(())
+    }
+
+    /// Forget a session's history.
+    pub fn reset(&self, kind: SessionKind) -> Result<(), Failure> {
+        match self.service.get() {
+            Some(service) => Ok(service.reset(kind)?),
+            None => Ok(()),
+        }
+    }
+}
