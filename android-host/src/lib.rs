@@ -160,7 +160,10 @@ pub extern "system" fn Java_ai_bittybot_BittyBot_nativeClose<'l>(
 /// `static native void nativeTestPanic()`: test only; panics so the test can
 /// check that a panic becomes a `BittyBotException` of kind `panic`.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_ai_bittybot_BittyBot_nativeTestPanic<'l>(mut env: EnvUnowned<'l>, _class: JClass<'l>) {
+pub extern "system" fn Java_ai_bittybot_BittyBot_nativeTestPanic<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+) {
     env.with_env(|_env| -> Result<(), Failure> { panic!("forced panic (test entry point)") })
         .resolve::<ThrowBittyBot>()
 }

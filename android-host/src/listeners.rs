@@ -25,13 +25,19 @@ struct Target {
 impl Target {
     fn new(env: &mut Env<'_>, object: &JObject<'_>, what: &str) -> Result<Self, Failure> {
         if object.is_null() {
-            return Err(Failure::new(bittybot_host::ErrorKind::InvalidArgument, format!("{what} must not be null")));
+            return Err(Failure::new(
+                bittybot_host::ErrorKind::InvalidArgument,
+                format!("{what} must not be null"),
+            ));
         }
         Ok(Target { vm: env.get_java_vm()?, object: env.new_global_ref(object)? })
     }
 
     /// Run `f` with the thread attached; a Java exception comes back as an error.
-    fn call(&self, f: impl FnOnce(&mut Env<'_>, &JObject<'static>) -> jni::errors::Result<()>) -> Result<(), String> {
+    fn call(
+        &self,
+        f: impl FnOnce(&mut Env<'_>, &JObject<'static>) -> jni::errors::Result<()>,
+    ) -> Result<(), String> {
         self.vm.attach_current_thread(|env| f(env, self.object.as_obj())).map_err(|e| match e {
             jni::errors::Error::CaughtJavaException { name, msg, .. } => format!("{name}: {msg}"),
             other => other.to_string(),
@@ -94,7 +100,11 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn call_error<'l>(env: &mut Env<'l>, l: &JObject<'_>, e: &ServiceError) -> jni::errors::Result<jni::JValueOwned<'l>> {
+fn call_error<'l>(
+    env: &mut Env<'l>,
+    l: &JObject<'_>,
+    e: &ServiceError,
+) -> jni::errors::Result<jni::JValueOwned<'l>> {
     let kind = env.new_string(e.kind.as_str())?;
     let message = env.new_string(&e.message)?;
     env.call_method(
@@ -133,7 +143,12 @@ impl ReplyListener for JavaReplyListener {
     fn on_chunk(&mut self, text: &str) -> Result<(), String> {
         self.0.call(|env, l| {
             let text = env.new_string(text)?;
-            env.call_method(l, jni_str!("onChunk"), jni_sig!("(Ljava/lang/String;)V"), &[JValue::Object(&text)])?;
+            env.call_method(
+                l,
+                jni_str!("onChunk"),
+                jni_sig!("(Ljava/lang/String;)V"),
+                &[JValue::Object(&text)],
+            )?;
             Ok(())
         })
     }

@@ -33,7 +33,8 @@ fn closed(handle: jlong) -> Failure {
 /// Register a new instance; returns its handle.
 pub fn create(data_dir: PathBuf, guest: Option<PathBuf>) -> jlong {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let instance = Instance { data_dir, guest, setup: Mutex::new(Setup::default()), service: OnceLock::new() };
+    let instance =
+        Instance { data_dir, guest, setup: Mutex::new(Setup::default()), service: OnceLock::new() };
     live().insert(id, Arc::new(instance));
     id
 }
@@ -84,7 +85,10 @@ impl Instance {
     pub fn set_model_path(&self, path: PathBuf) -> Result<(), Failure> {
         let mut setup = self.setup();
         if setup.started {
-            return Err(Failure::new(ErrorKind::InvalidArgument, "setModelPath must be called before start()"));
+            return Err(Failure::new(
+                ErrorKind::InvalidArgument,
+                "setModelPath must be called before start()",
+            ));
         }
         setup.model = Some(path);
         Ok(())

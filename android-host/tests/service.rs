@@ -9,8 +9,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bittybot_host::{
-    ErrorKind, GenerationStats, ReplyListener, Service, ServiceError, ServiceOptions, ServiceState, SessionKind,
-    SessionOptions, StopReason,
+    ErrorKind, GenerationStats, ReplyListener, Service, ServiceError, ServiceOptions, ServiceState,
+    SessionKind, SessionOptions, StopReason,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -127,7 +127,8 @@ fn start_returns_at_once_then_turns_stream() {
     assert_eq!(final_state(&states), ["checking", "loading", "ready"]);
 
     service.configure(SessionKind::Chat, greedy(48)).unwrap();
-    let (chunks, end) = turn(&service, SessionKind::Chat, "What is the capital of France? Answer in one sentence.");
+    let (chunks, end) =
+        turn(&service, SessionKind::Chat, "What is the capital of France? Answer in one sentence.");
     let Event::Done(stats) = end else { panic!("{end:?}") };
     assert!(chunks.len() > 1, "{chunks:?}");
     assert!(chunks.concat().contains("Paris"), "{chunks:?}");

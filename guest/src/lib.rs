@@ -14,6 +14,9 @@ pub mod engine;
 pub mod filter;
 pub mod prompts;
 pub mod session;
+pub mod settings;
+pub mod setup;
+pub mod spec;
 pub mod template;
 pub mod utf8;
 
@@ -25,7 +28,7 @@ wit_bindgen::generate!({
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use bittybot::core::{inference as inf, platform};
+use bittybot::core::{download as dl, files, inference as inf, platform, types};
 use engine::{Engine, EngineError, SamplerConfig, Token};
 use exports::bittybot::core::app as api;
 use session::{ModelFacts, ModelProfile, Session, SessionError, SessionKind, StopReason};
@@ -171,11 +174,167 @@ fn load_settings(o: &api::LoadOptions) -> (inf::LoadSettings, device::Threads) {
     (settings, threads)
 }
 
+/// The guest's folders, as preopened by the host.
+const MODELS_DIR: &str = "/models";
+const STATE_DIR: &str = "/state";
+
+/// Model setup through the host's jobs and the preopened folders.
+struct HostSetupIo;
+
+struct HostTransfer(dl::Transfer);
+struct HostHasher(files::Hasher);
+
+impl setup::Transfer for HostTransfer {
+    fn wait(&self, ms: u32) -> Result<setup::TransferPoll, setup::DownloadError> {
+        use setup::DownloadError as E;
+        match self.0.wait(ms) {
+            Ok(dl::TransferState::Running(p)) => {
+                Ok(setup::TransferPoll::Running { done: p.done, total: p.total })
+            }
+            Ok(dl::TransferState::Finished(f)) => {
+                Ok(setup::TransferPoll::Finished { bytes: f.bytes, sha256: f.sha256 })
+            }
+            Err(e) => Err(match e {
+                dl::DownloadError::NoNetwork(m) => E::NoNetwork(m),
+                dl::DownloadError::NotFound(s) => E::NotFound(s),
+                dl::DownloadError::HttpError(s) => E::Http(s),
+                dl::DownloadError::Interrupted(m) => E::Interrupted(m),
+                dl::DownloadError::SizeMismatch(m) => {
+                    E::SizeMismatch { server: m.server, expected: m.expected }
+                }
+                dl::DownloadError::DiskFull => E::DiskFull,
+                dl::DownloadError::Io(m) => E::Io(m),
+                dl::DownloadError::Cancelled => E::Cancelled,
+            }),
+        }
+    }
+    fn cancel(&self) {
+        self.0.cancel()
+    }
+}
+
+impl setup::Hasher for HostHasher {
+    fn wait(&self, ms: u32) -> Result<setup::HashPoll, String> {
+        match self.0.wait(ms) {
+            Ok(files::HashState::Running(p)) => Ok(setup::HashPoll::Running(p.done, p.total)),
+            Ok(files::HashState::Done(h)) => Ok(setup::HashPoll::Done(h)),
+            Err(files::FileError::Cancelled) => Err("cancelled".into()),
+            Err(files::FileError::NotFound(m) | files::FileError::Io(m)) => Err(m),
+        }
+    }
+    fn cancel(&self) {
+        self.0.cancel()
+    }
+}
+
+impl setup::SetupIo for HostSetupIo {
+    type Transfer = HostTransfer;
+    type Hasher = HostHasher;
+    fn models_dir(&self) -> std::path::PathBuf {
+        MODELS_DIR.into()
+    }
+    fn state_dir(&self) -> std::path::PathBuf {
+        STATE_DIR.into()
+    }
+    fn free_space(&self) -> Result<u64, String> {
+        platform::free_space(types::Root::Models)
+    }
+    fn transfer(&self, url: &str, part_name: &str, expected_size: u64) -> HostTransfer {
+        HostTransfer(dl::Transfer::new(&dl::Request {
+            url: url.to_owned(),
+            dest: types::FileRef { root: types::Root::Models, name: part_name.to_owned() },
+            expected_size: Some(expected_size),
+        }))
+    }
+    fn hasher(&self, file_name: &str) -> HostHasher {
+        HostHasher(files::Hasher::new(&types::ModelSource::Managed(file_name.to_owned())))
+    }
+    fn cancel_requested(&self) -> bool {
+        platform::cancel_requested()
+    }
+}
+
+fn setup_error(e: setup::SetupError) -> api::SetupError {
+    use setup::SetupError as E;
+    match e {
+        E::NoNetwork(m) => api::SetupError::NoNetwork(m),
+        E::NotFound(s) => api::SetupError::NotFound(s),
+        E::Http(s) => api::SetupError::HttpError(s),
+        E::InsufficientStorage { needed, available } => {
+            api::SetupError::InsufficientStorage(api::Storage { needed, available })
+        }
+        E::VerificationFailed(m) => api::SetupError::VerificationFailed(m),
+        E::Cancelled => api::SetupError::Cancelled,
+        E::Io(m) => api::SetupError::Io(m),
+        E::InvalidSpec(m) => api::SetupError::InvalidSpec(m),
+        E::NotDownloaded => api::SetupError::NotDownloaded,
+    }
+}
+
+fn setup_progress(p: setup::Progress) -> api::SetupProgress {
+    api::SetupProgress {
+        done: p.done,
+        total: p.total,
+        bytes_per_s: p.bytes_per_s,
+        eta_s: p.eta_s,
+        attempt: p.attempt,
+    }
+}
+
+/// The exported `model-setup` resource.
+pub struct ModelSetupResource {
+    setup: RefCell<setup::Setup<HostSetupIo>>,
+}
+
+impl api::GuestModelSetup for ModelSetupResource {
+    fn new(spec_json: Option<String>, allow_download: bool, force_verify: bool) -> Self {
+        let spec = spec::ModelSpec::resolve(spec_json.as_deref());
+        ModelSetupResource {
+            setup: RefCell::new(setup::Setup::new(HostSetupIo, spec, allow_download, force_verify)),
+        }
+    }
+
+    fn step(&self) -> api::SetupState {
+        match self.setup.borrow_mut().step() {
+            setup::State::Checking => api::SetupState::Checking,
+            setup::State::Preflight => api::SetupState::Preflight,
+            setup::State::Downloading(p) => api::SetupState::Downloading(setup_progress(p)),
+            setup::State::Verifying(p) => api::SetupState::Verifying(setup_progress(p)),
+            setup::State::Ready(r) => api::SetupState::Ready(api::ModelReady {
+                file_name: r.file_name,
+                size: r.size,
+                verified_by: match r.verified_by {
+                    setup::VerifiedBy::Record => api::VerifiedBy::SavedRecord,
+                    setup::VerifiedBy::Hashing => api::VerifiedBy::Hashing,
+                    setup::VerifiedBy::Download => api::VerifiedBy::Download,
+                },
+                downloaded: r.downloaded,
+                removed: r.removed,
+            }),
+            setup::State::Failed(e) => api::SetupState::Failed(setup_error(e)),
+        }
+    }
+}
+
 struct Component;
 
 impl api::Guest for Component {
     type Session = SessionResource;
     type Generation = GenerationResource;
+    type ModelSetup = ModelSetupResource;
+
+    fn resolve_spec(spec_json: Option<String>) -> Result<api::ModelSpec, api::SetupError> {
+        let s = spec::ModelSpec::resolve(spec_json.as_deref()).map_err(api::SetupError::InvalidSpec)?;
+        Ok(api::ModelSpec {
+            display_size: s.display_size(),
+            free_space_needed: s.free_space_needed(),
+            min_total_ram: s.min_total_ram,
+            url: s.url,
+            file_name: s.file_name,
+            size: s.size,
+            sha256: s.sha256,
+        })
+    }
 
     fn load_model(options: api::LoadOptions) -> Result<api::LoadReport, api::AppError> {
         let (settings, threads) = load_settings(&options);

@@ -6,13 +6,17 @@ wasmtime::component::bindgen!({
     imports: {
         // Only a host failure (the inference thread gone, the table full) makes these trap.
         "bittybot:core/inference.[constructor]sampler": trappable,
+        "bittybot:core/files.[constructor]hasher": trappable,
+        "bittybot:core/download.[constructor]transfer": trappable,
     },
     additional_derives: [PartialEq],
     with: {
         "bittybot:core/inference.sampler": crate::imports::inference::SamplerHandle,
         "bittybot:core/inference.kv-snapshot": crate::imports::inference::SnapshotHandle,
+        "bittybot:core/files.hasher": crate::imports::files::HashJob,
+        "bittybot:core/download.transfer": crate::imports::download::TransferJob,
     },
 });
 
-pub use bittybot::core::{inference, platform, types};
+pub use bittybot::core::{download, files, inference, platform, types};
 pub use exports::bittybot::core::app;

@@ -8,24 +8,31 @@
 pub mod bench;
 pub mod bindings;
 pub mod device;
+pub mod download;
 pub mod folders;
 pub mod guest;
+pub mod hashing;
 pub mod imports;
+pub mod jobs;
 pub mod llama;
 pub mod runtime;
 pub mod service;
 
 pub use bindings::app::{
-    AppError, GenerationStats, InputTooLong, LoadOptions, LoadReport, Message, RenderedPrompt, SessionKind,
-    SessionOptions, StopReason,
+    AppError, GenerationStats, InputTooLong, LoadOptions, LoadReport, Message, ModelReady, ModelSpec,
+    RenderedPrompt, SessionKind, SessionOptions, SetupError, SetupProgress, SetupState, StopReason,
+    VerifiedBy,
 };
 pub use bindings::inference::{LoadSettings, ModelInfo};
 pub use bindings::types::ModelSource;
 pub use guest::{CacheOutcome, GuestError, GuestSource};
+pub use runtime::{
+    CancelHandle, Generation, ModelSetup, Runtime, RuntimeError, RuntimeOptions, Session, StartReport,
+    describe_setup,
+};
 pub use service::{
     ErrorKind, ReadyInfo, ReplyListener, Service, ServiceError, ServiceOptions, ServiceState, StateListener,
 };
-pub use runtime::{CancelHandle, Generation, Runtime, RuntimeError, RuntimeOptions, Session, StartReport};
 
 impl LoadOptions {
     /// Load the model the host was given, with every setting left to the guest.

@@ -18,11 +18,14 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::Bittybot;
 use crate::bindings::app::{
-    AppError, GenerationStats, LoadOptions, LoadReport, Message, RenderedPrompt, SessionKind, SessionOptions,
+    AppError, GenerationStats, LoadOptions, LoadReport, Message, ModelSpec, RenderedPrompt, SessionKind,
+    SessionOptions, SetupError, SetupState,
 };
 use crate::folders::Folders;
 use crate::guest::{ComponentCache, ComponentReport, GuestError, GuestSource};
 use crate::imports::TypesCtx;
+use crate::imports::download::DownloadCtx;
+use crate::imports::files::FilesCtx;
 use crate::imports::inference::InferenceCtx;
 use crate::imports::platform::PlatformCtx;
 use crate::llama::{CancelFlag, LlamaError, Worker};
@@ -83,6 +86,9 @@ pub enum RuntimeError {
     /// A folder could not be prepared.
     #[error("{0}")]
     Setup(String),
+    /// Getting the model failed.
+    #[error("{}", describe_setup(.0))]
+    ModelSetup(SetupError),
 }
 
 impl RuntimeError {
@@ -112,6 +118,23 @@ pub fn describe(e: &AppError) -> String {
     }
 }
 
+/// A human sentence for a setup error.
+pub fn describe_setup(e: &SetupError) -> String {
+    match e {
+        SetupError::NoNetwork(m) => format!("no network: {m}"),
+        SetupError::NotFound(s) => format!("the model was not found on the server (HTTP {s})"),
+        SetupError::HttpError(s) => format!("the server answered HTTP {s}"),
+        SetupError::InsufficientStorage(s) => {
+            format!("not enough free space: {} bytes needed, {} available", s.needed, s.available)
+        }
+        SetupError::VerificationFailed(m) => format!("verification failed: {m}"),
+        SetupError::Cancelled => "cancelled (a partial download is kept and resumes next time)".into(),
+        SetupError::Io(m) => format!("i/o error: {m}"),
+        SetupError::InvalidSpec(m) => format!("invalid model spec: {m}"),
+        SetupError::NotDownloaded => "the model is not on this device yet: run `bittybot download`".into(),
+    }
+}
+
 /// Time accounting of the current call into the guest.
 #[derive(Debug)]
 struct CallClock {
@@ -133,6 +156,8 @@ pub(crate) struct StoreData {
     table: ResourceTable,
     inference: InferenceCtx,
     platform: PlatformCtx,
+    files: FilesCtx,
+    download: DownloadCtx,
     types: TypesCtx,
     limits: StoreLimits,
     clock: CallClock,
@@ -151,6 +176,14 @@ impl HasData for InferenceData {
 struct PlatformData;
 impl HasData for PlatformData {
     type Data<'a> = &'a mut PlatformCtx;
+}
+struct FilesData;
+impl HasData for FilesData {
+    type Data<'a> = &'a mut FilesCtx;
+}
+struct DownloadData;
+impl HasData for DownloadData {
+    type Data<'a> = &'a mut DownloadCtx;
 }
 struct TypesData;
 impl HasData for TypesData {
@@ -217,6 +250,10 @@ pub struct Session(ResourceAny);
 #[derive(Debug)]
 pub struct Generation(ResourceAny);
 
+/// A model setup in progress.
+#[derive(Debug)]
+pub struct ModelSetup(ResourceAny);
+
 /// A running guest with its inference engine.
 pub struct Runtime {
     store: Store<StoreData>,
@@ -263,9 +300,20 @@ impl Runtime {
             .map_err(link)?;
         crate::bindings::platform::add_to_linker::<_, PlatformData>(&mut linker, |s| &mut s.platform)
             .map_err(link)?;
+        crate::bindings::files::add_to_linker::<_, FilesData>(&mut linker, |s| &mut s.files).map_err(link)?;
+        crate::bindings::download::add_to_linker::<_, DownloadData>(&mut linker, |s| &mut s.download)
+            .map_err(link)?;
         crate::bindings::types::add_to_linker::<_, TypesData>(&mut linker, |s| &mut s.types).map_err(link)?;
 
-        let wasi = WasiCtxBuilder::new()
+        let preopen = |b: &mut WasiCtxBuilder, dir: &std::path::Path, name: &str| {
+            b.preopened_dir(dir, name, wasmtime_wasi::FsPerms::ReadWrite)
+                .map(|_| ())
+                .map_err(|e| RuntimeError::Setup(format!("cannot open {}: {e:#}", dir.display())))
+        };
+        let mut wasi = WasiCtxBuilder::new();
+        preopen(&mut wasi, &folders.models, "/models")?;
+        preopen(&mut wasi, &folders.state, "/state")?;
+        let wasi = wasi
             .stdout(wasmtime_wasi::cli::stderr())
             .stderr(wasmtime_wasi::cli::stderr())
             .allow_tcp(false)
@@ -275,8 +323,10 @@ impl Runtime {
         let data = StoreData {
             wasi,
             table: ResourceTable::new(),
-            inference: InferenceCtx::new(worker, folders, cancel.clone()),
-            platform: PlatformCtx::new(cancel.clone(), options.sysfs_cpu.clone()),
+            inference: InferenceCtx::new(worker, folders.clone(), cancel.clone()),
+            platform: PlatformCtx::new(cancel.clone(), options.sysfs_cpu.clone(), folders.clone()),
+            files: FilesCtx::new(folders.clone(), cancel.clone()),
+            download: DownloadCtx::new(folders, cancel.clone()),
             types: TypesCtx,
             limits: StoreLimitsBuilder::new()
                 .memory_size(options.memory_limit)
@@ -375,6 +425,69 @@ impl Runtime {
         self.begin_call();
         let r = self.bindings.bittybot_core_app().call_load_model(&mut self.store, options);
         Self::app(r)
+    }
+
+    /// The model spec in effect (built in, or the override JSON).
+    pub fn resolve_spec(&mut self, spec_json: Option<&str>) -> Result<ModelSpec, RuntimeError> {
+        self.begin_call();
+        let r = self.bindings.bittybot_core_app().call_resolve_spec(&mut self.store, spec_json);
+        r.map_err(trap)?.map_err(RuntimeError::ModelSetup)
+    }
+
+    /// Start getting the model onto the device; drive it with [`Runtime::setup_step`].
+    /// Clears any earlier cancellation request.
+    pub fn begin_setup(
+        &mut self,
+        spec_json: Option<&str>,
+        allow_download: bool,
+        force_verify: bool,
+    ) -> Result<ModelSetup, RuntimeError> {
+        self.cancel.store(false, Ordering::Relaxed);
+        self.begin_call();
+        let r = self.bindings.bittybot_core_app().model_setup().call_constructor(
+            &mut self.store,
+            spec_json,
+            allow_download,
+            force_verify,
+        );
+        r.map(ModelSetup).map_err(trap)
+    }
+
+    /// One step of a model setup (returns within about a quarter of a second).
+    pub fn setup_step(&mut self, setup: &ModelSetup) -> Result<SetupState, RuntimeError> {
+        self.begin_call();
+        self.bindings.bittybot_core_app().model_setup().call_step(&mut self.store, setup.0).map_err(trap)
+    }
+
+    /// Drive a setup to its end, reporting every state; returns the last one.
+    pub fn run_setup(
+        &mut self,
+        spec_json: Option<&str>,
+        allow_download: bool,
+        force_verify: bool,
+        mut on_state: impl FnMut(&SetupState),
+    ) -> Result<SetupState, RuntimeError> {
+        let setup = self.begin_setup(spec_json, allow_download, force_verify)?;
+        let last = loop {
+            let state = self.setup_step(&setup)?;
+            on_state(&state);
+            if matches!(state, SetupState::Ready(_) | SetupState::Failed(_)) {
+                break state;
+            }
+        };
+        self.begin_call();
+        setup.0.resource_drop(&mut self.store).map_err(trap)?;
+        Ok(last)
+    }
+
+    /// Hash jobs the guest has started in this runtime (the verified fast path starts none).
+    pub fn hashes_started(&self) -> u64 {
+        self.store.data().files.hashes_started
+    }
+
+    /// Make the guest see this much free space (tests of the storage preflight).
+    pub fn set_free_space_override(&mut self, bytes: Option<u64>) {
+        self.store.data_mut().platform.free_space_override = bytes;
     }
 
     /// Render messages with the loaded model's chat format.

@@ -252,7 +252,11 @@ pub struct ServiceOptions {
 impl ServiceOptions {
     /// The runtime's defaults under `data_dir`, every load setting left to the guest.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        ServiceOptions { runtime: RuntimeOptions::new(data_dir), load: LoadOptions::provided(), guest_file: None }
+        ServiceOptions {
+            runtime: RuntimeOptions::new(data_dir),
+            load: LoadOptions::provided(),
+            guest_file: None,
+        }
     }
 }
 
@@ -323,12 +327,7 @@ impl Service {
             })
             .map_err(|e| ServiceError::new(ErrorKind::Io, format!("cannot start the service thread: {e}")))?;
         let thread_id = Some(thread.thread().id());
-        Ok(Service {
-            commands: Mutex::new(Some(tx)),
-            shared,
-            thread: Mutex::new(Some(thread)),
-            thread_id,
-        })
+        Ok(Service { commands: Mutex::new(Some(tx)), shared, thread: Mutex::new(Some(thread)), thread_id })
     }
 
     /// Hand a command to the thread; gives it back if the service is closed.
@@ -390,7 +389,11 @@ impl Service {
     /// Set the translation session's language pair (`source` `None` = detect).
     /// Applied in order with turns; an unknown language is reported by the
     /// next translation turn (`invalid-argument`).
-    pub fn set_languages(&self, source: Option<String>, target: impl Into<String>) -> Result<(), ServiceError> {
+    pub fn set_languages(
+        &self,
+        source: Option<String>,
+        target: impl Into<String>,
+    ) -> Result<(), ServiceError> {
         self.post(Command::SetLanguages { source, target: target.into() }).map_err(|_| ServiceError::closed())
     }
 
@@ -592,7 +595,11 @@ impl Worker {
         self.failed = Some(e);
     }
 
-    fn start_up(&mut self, options: ServiceOptions, model: Option<PathBuf>) -> Result<ReadyInfo, ServiceError> {
+    fn start_up(
+        &mut self,
+        options: ServiceOptions,
+        model: Option<PathBuf>,
+    ) -> Result<ReadyInfo, ServiceError> {
         self.notify(&ServiceState::Checking);
         let t = Instant::now();
         let mut runtime_options = options.runtime;

@@ -4,5 +4,6 @@
 mod chat;
 mod cohere;
 mod conversation;
+mod download;
 mod errors;
 mod guest_cache;

@@ -4,6 +4,8 @@
 //! Run: `scripts/test.sh` (it fetches the demo model first), or
 //! `cargo test --release -p bittybot-tests` once `scripts/setup.sh` has run.
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 
 use bittybot_host::{LoadOptions, ModelSource, Runtime, RuntimeOptions};

@@ -7,7 +7,7 @@ use clap::Args;
 
 use bittybot_host::{GenerationStats, Runtime, Session, SessionKind, SessionOptions, StopReason};
 
-use super::{CliContext, ModelArgs, start_runtime};
+use super::{CliContext, ModelArgs};
 
 /// Arguments of `chat`.
 #[derive(Debug, Args)]
@@ -107,8 +107,7 @@ fn threads_note(report: &bittybot_host::LoadReport) -> String {
 
 /// `bittybot chat`.
 pub fn chat(ctx: &CliContext, args: &ChatArgs) -> Result<()> {
-    let mut rt = start_runtime(ctx, Some(&args.model.model))?;
-    let info = rt.load_model(&args.model.load_options())?;
+    let (mut rt, info) = args.model.open(ctx)?;
     let chat = rt.open_session(SessionKind::Chat)?;
     rt.configure(&chat, &session_options(args))?;
     if let Some(prompt) = &args.prompt {
@@ -181,8 +180,7 @@ pub fn chat(ctx: &CliContext, args: &ChatArgs) -> Result<()> {
 
 /// `bittybot translate`.
 pub fn translate(ctx: &CliContext, args: &TranslateArgs) -> Result<()> {
-    let mut rt = start_runtime(ctx, Some(&args.model.model))?;
-    let info = rt.load_model(&args.model.load_options())?;
+    let (mut rt, info) = args.model.open(ctx)?;
     let session = rt.open_session(SessionKind::Translation)?;
     rt.set_languages(&session, args.from.as_deref(), &args.to)?;
     let stats = stream(&mut rt, &session, &args.text)?;

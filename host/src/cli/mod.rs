@@ -1,6 +1,7 @@
 //! Command-line arguments and the commands behind them.
 
 mod chat;
+mod model;
 
 use std::path::PathBuf;
 
@@ -31,9 +32,12 @@ pub struct Cli {
 /// Model and load settings shared by the commands that load a model.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// The GGUF model file.
+    /// The GGUF model file (default: the app's verified model, see `bittybot download`).
     #[arg(short = 'm', long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
+    /// Model spec JSON overriding the built-in one (used when -m is not given).
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
     /// Generation threads (default: the number of fast cores).
     #[arg(short = 't', long)]
     pub threads: Option<u32>,
@@ -49,9 +53,24 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn load_options(&self) -> LoadOptions {
+    /// Start a runtime and load the model: the `-m` file, else the verified
+    /// model of the spec (never downloads).
+    pub fn open(&self, ctx: &CliContext) -> Result<(Runtime, bittybot_host::LoadReport)> {
+        let mut rt = start_runtime(ctx, self.model.as_ref())?;
+        let source = match &self.model {
+            Some(_) => ModelSource::Provided,
+            None => {
+                let spec = model::read_spec(self.spec.as_ref())?;
+                ModelSource::Managed(model::ensure(&mut rt, spec.as_deref(), false, false, ctx.verbose)?)
+            }
+        };
+        let report = rt.load_model(&self.load_options(source))?;
+        Ok((rt, report))
+    }
+
+    fn load_options(&self, source: ModelSource) -> LoadOptions {
         LoadOptions {
-            source: ModelSource::Provided,
+            source,
             n_ctx: self.ctx_size,
             n_batch: self.batch_size,
             threads: self.threads,
@@ -78,6 +97,24 @@ pub enum Command {
         /// Leave out the generation prompt (the opening of the assistant turn).
         #[arg(long)]
         no_generation_prompt: bool,
+    },
+    /// Download the model of the spec (resumes a partial download), then verify it.
+    Download {
+        /// Model spec JSON overriding the built-in one.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Data directory to download into (models/ under it); same as --data-dir.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Check a model file against the spec (size and SHA-256). Without PATH,
+    /// re-hash the app's model and refresh its verified record.
+    Verify {
+        /// Model spec JSON overriding the built-in one.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// The file to check.
+        path: Option<PathBuf>,
     },
     /// Measure the path through the guest against a raw llama-cpp-2 loop.
     Bench {
@@ -179,16 +216,24 @@ pub fn run(cli: Cli) -> Result<()> {
                     Ok(Message { role: role.to_owned(), content: content.to_owned() })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let mut rt = start_runtime(&ctx, Some(&model.model))?;
-            rt.load_model(&model.load_options())?;
+            let (mut rt, _) = model.open(&ctx)?;
             let rendered = rt.render_prompt(&messages, !no_generation_prompt)?;
             print!("{}", rendered.text);
             eprintln!("\n--- {} tokens", rendered.tokens.len());
             Ok(())
         }
+        Command::Download { spec, dir } => {
+            let ctx = CliContext { data_dir: dir.unwrap_or(ctx.data_dir), ..ctx };
+            model::download(&ctx, spec.as_ref())
+        }
+        Command::Verify { spec, path } => model::verify(&ctx, spec.as_ref(), path.as_ref()),
         Command::Bench { model, reps, max_tokens, prompt, json } => {
+            let model_path = match &model.model {
+                Some(p) => p.clone(),
+                None => model::managed_path(&ctx, model.spec.as_ref())?,
+            };
             let cfg = BenchConfig {
-                model: model.model.clone(),
+                model: model_path,
                 data_dir: ctx.data_dir.clone(),
                 guest: ctx.guest.clone(),
                 threads: model.threads,

@@ -1,6 +1,8 @@
 //! One module per imported WIT interface, each holding exactly that
 //! interface's `Host` implementation on its own small context.
 
+pub mod download;
+pub mod files;
 pub mod inference;
 pub mod platform;
 

@@ -4,19 +4,29 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use crate::bindings::platform::{self as wit, CpuCore, CpuTopology, MemoryInfo};
+use crate::bindings::types::Root;
 use crate::device;
+use crate::folders::Folders;
 use crate::llama::CancelFlag;
 
 /// What the platform interface needs.
 pub struct PlatformCtx {
     cancel: CancelFlag,
     sysfs_cpu: PathBuf,
+    folders: Folders,
+    /// Pretend the disk has this many free bytes (tests of the storage preflight).
+    pub free_space_override: Option<u64>,
 }
 
 impl PlatformCtx {
     /// Platform facts from the real sysfs (or `sysfs_cpu`, for tests).
-    pub fn new(cancel: CancelFlag, sysfs_cpu: Option<PathBuf>) -> Self {
-        PlatformCtx { cancel, sysfs_cpu: sysfs_cpu.unwrap_or_else(|| device::SYSFS_CPU.into()) }
+    pub fn new(cancel: CancelFlag, sysfs_cpu: Option<PathBuf>, folders: Folders) -> Self {
+        PlatformCtx {
+            cancel,
+            sysfs_cpu: sysfs_cpu.unwrap_or_else(|| device::SYSFS_CPU.into()),
+            folders,
+            free_space_override: None,
+        }
     }
 }
 
@@ -41,6 +51,17 @@ impl wit::Host for PlatformCtx {
                 .collect(),
             online: t.online,
         }
+    }
+
+    fn free_space(&mut self, folder: Root) -> Result<u64, String> {
+        if let Some(bytes) = self.free_space_override {
+            return Ok(bytes);
+        }
+        let dir = match folder {
+            Root::Models => &self.folders.models,
+            Root::State => &self.folders.state,
+        };
+        device::free_space(dir).map_err(|e| format!("{}: {e}", dir.display()))
     }
 
     fn read_memory(&mut self) -> MemoryInfo {
