@@ -60,6 +60,21 @@ pub extern "system" fn Java_ai_bittybot_BittyBot_nativeSetModelPath<'l>(
     .resolve::<ThrowBittyBot>()
 }
 
+/// `static void nativeSetModelSpec(long handle, String json)`: the model spec to download (before `start`).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_ai_bittybot_BittyBot_nativeSetModelSpec<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    json: JString<'l>,
+) {
+    env.with_env(|env| -> Result<(), Failure> {
+        let json = required_string(env, &json, "json")?;
+        registry::get(handle)?.set_model_spec(json)
+    })
+    .resolve::<ThrowBittyBot>()
+}
+
 /// `static void nativeConfigure(long handle, int kind, int maxTokens, float temperature)`; negative = unchanged.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_ai_bittybot_BittyBot_nativeConfigure<'l>(

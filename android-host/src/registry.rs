@@ -58,6 +58,7 @@ pub fn close(handle: jlong) -> Result<(), Failure> {
 #[derive(Default)]
 struct Setup {
     model: Option<PathBuf>,
+    spec: Option<String>,
     configure: Vec<(SessionKind, SessionOptions)>,
     languages: Option<(Option<String>, String)>,
     started: bool,
@@ -80,8 +81,20 @@ impl Instance {
         self.service.get().ok_or_else(|| Failure::new(ErrorKind::NotReady, "call start() first"))
     }
 
-    /// The model file to load: the stand-in until the app's model download
-    /// (the guest's setup state machine) is wired into the service.
+    /// A model spec (JSON) replacing the guest's built-in one for the download.
+    pub fn set_model_spec(&self, json: String) -> Result<(), Failure> {
+        let mut setup = self.setup();
+        if setup.started {
+            return Err(Failure::new(
+                ErrorKind::InvalidArgument,
+                "setModelSpec must be called before start()",
+            ));
+        }
+        setup.spec = Some(json);
+        Ok(())
+    }
+
+    /// A model file to load instead of the app's downloaded model (tests, side-loading).
     pub fn set_model_path(&self, path: PathBuf) -> Result<(), Failure> {
         let mut setup = self.setup();
         if setup.started {
@@ -102,6 +115,7 @@ impl Instance {
         }
         let mut options = ServiceOptions::new(&self.data_dir);
         options.guest_file = self.guest.clone();
+        options.spec_json = setup.spec.clone();
         let service = Service::start(options, setup.model.clone(), listener)?;
         for (kind, options) in setup.configure.drain(..) {
             service.configure(kind, options)?;

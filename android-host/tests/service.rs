@@ -201,10 +201,23 @@ fn a_missing_model_is_load_failed_and_turns_are_not_ready() {
 }
 
 #[test]
-fn no_model_and_a_bad_guest_are_reported_as_states() {
+fn an_unreachable_model_server_and_a_bad_guest_are_reported_as_states() {
     let dir = tempfile::tempdir().unwrap();
-    let (_service, _, states) = start(dir.path(), None);
-    assert_eq!(final_state(&states), ["checking", "error:no-model"]);
+    // No model file: the service downloads the spec's model; nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut o = options(dir.path());
+    o.spec_json = Some(format!(
+        r#"{{"url":"http://127.0.0.1:{port}/m.gguf","file_name":"m.gguf","size":10,"retries":0,
+            "sha256":"0000000000000000000000000000000000000000000000000000000000000000"}}"#
+    ));
+    let (tx, rx) = mpsc::channel();
+    let _service = Service::start(o, None, move |s: &ServiceState| {
+        let _ = tx.send(Event::State(state_name(s)));
+    })
+    .unwrap();
+    let states = final_state(&rx);
+    assert_eq!(states.first().map(String::as_str), Some("checking"));
+    assert_eq!(states.last().map(String::as_str), Some("error:no-network"), "{states:?}");
 
     let bad = dir.path().join("bad.wasm");
     std::fs::write(&bad, b"\0asm not a component").unwrap();

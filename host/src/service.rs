@@ -22,7 +22,7 @@ use std::thread::{JoinHandle, ThreadId};
 use std::time::Instant;
 
 use crate::bindings::app::{
-    AppError, GenerationStats, LoadOptions, LoadReport, SessionKind, SessionOptions, SetupError,
+    AppError, GenerationStats, LoadOptions, LoadReport, SessionKind, SessionOptions, SetupError, SetupState,
 };
 use crate::bindings::types::ModelSource;
 use crate::guest::GuestSource;
@@ -57,7 +57,9 @@ pub enum ErrorKind {
     Closed,
     /// No network (model download).
     NoNetwork,
-    /// The server answered with an error status (model download).
+    /// The server does not have the model file (404/410).
+    NotFound,
+    /// The server answered with another error status (model download).
     Http,
     /// Not enough free space (model download).
     InsufficientStorage,
@@ -86,6 +88,7 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Closed => "closed",
             ErrorKind::NoNetwork => "no-network",
+            ErrorKind::NotFound => "not-found",
             ErrorKind::Http => "http",
             ErrorKind::InsufficientStorage => "insufficient-storage",
             ErrorKind::VerificationFailed => "verification-failed",
@@ -140,7 +143,8 @@ impl From<RuntimeError> for ServiceError {
             RuntimeError::Setup(_) => ErrorKind::Io,
             RuntimeError::ModelSetup(setup) => match setup {
                 SetupError::NoNetwork(_) => ErrorKind::NoNetwork,
-                SetupError::NotFound(_) | SetupError::HttpError(_) => ErrorKind::Http,
+                SetupError::NotFound(_) => ErrorKind::NotFound,
+                SetupError::HttpError(_) => ErrorKind::Http,
                 SetupError::InsufficientStorage(_) => ErrorKind::InsufficientStorage,
                 SetupError::VerificationFailed(_) => ErrorKind::VerificationFailed,
                 SetupError::Cancelled => ErrorKind::Cancelled,
@@ -185,8 +189,7 @@ impl ReadyInfo {
 pub enum ServiceState {
     /// Starting the runtime and looking for the model.
     Checking,
-    /// Downloading the model. **Not emitted yet**: reported once the guest's
-    /// download state machine is wired into [`acquire_model`].
+    /// Downloading the model (when no model file was given).
     Downloading {
         /// Bytes done.
         done: u64,
@@ -197,7 +200,7 @@ pub enum ServiceState {
         /// Seconds left, once a speed is known.
         eta_s: Option<f64>,
     },
-    /// Hashing the model file. **Not emitted yet** (see `Downloading`).
+    /// Hashing the model file (or comparing the hash of a finished download).
     Verifying {
         /// Bytes hashed.
         done: u64,
@@ -247,6 +250,9 @@ pub struct ServiceOptions {
     /// A guest `.wasm` file to run instead of `runtime.guest`, read on the
     /// service thread (a missing or bad file is a `guest` error state).
     pub guest_file: Option<PathBuf>,
+    /// A model spec (JSON) overriding the guest's built-in one, used when no
+    /// model file is given.
+    pub spec_json: Option<String>,
 }
 
 impl ServiceOptions {
@@ -256,6 +262,7 @@ impl ServiceOptions {
             runtime: RuntimeOptions::new(data_dir),
             load: LoadOptions::provided(),
             guest_file: None,
+            spec_json: None,
         }
     }
 }
@@ -443,23 +450,32 @@ impl Drop for Service {
 
 /// Gets the model onto the device and says which file to load.
 ///
-/// Today: the file the embedder gave (`model`, loaded as `provided`); with
-/// none, a `no-model` error. This is the one place to replace when the
-/// guest's download state machine (`Runtime::run_setup`) is wired in: it
-/// would report `Downloading`/`Verifying` through `report` and return
-/// `ModelSource::Managed(file)`.
+/// The file the embedder gave (loaded as `provided`), else the guest's
+/// model setup: the verified record, or hashing, or a resumable download,
+/// reported as `Downloading`/`Verifying`.
 pub fn acquire_model(
     rt: &mut Runtime,
     model: Option<&Path>,
+    spec_json: Option<&str>,
     report: &mut dyn FnMut(ServiceState),
 ) -> Result<ModelSource, ServiceError> {
-    let _ = (rt, report);
-    match model {
-        Some(_) => Ok(ModelSource::Provided),
-        None => Err(ServiceError::new(
-            ErrorKind::NoModel,
-            "no model file was given (model download is not wired into the service yet)",
-        )),
+    if model.is_some() {
+        return Ok(ModelSource::Provided);
+    }
+    let last = rt.run_setup(spec_json, true, false, |state| match state {
+        SetupState::Downloading(p) => report(ServiceState::Downloading {
+            done: p.done,
+            total: p.total,
+            bytes_per_s: p.bytes_per_s,
+            eta_s: p.eta_s,
+        }),
+        SetupState::Verifying(p) => report(ServiceState::Verifying { done: p.done, total: p.total }),
+        _ => {}
+    })?;
+    match last {
+        SetupState::Ready(r) => Ok(ModelSource::Managed(r.file_name)),
+        SetupState::Failed(e) => Err(RuntimeError::ModelSetup(e).into()),
+        other => Err(ServiceError::new(ErrorKind::Io, format!("model setup ended in {other:?}"))),
     }
 }
 
@@ -616,7 +632,14 @@ impl Worker {
         let rt = self.runtime.insert(rt);
 
         let listener = &self.listener;
-        let source = acquire_model(rt, model.as_deref(), &mut |state| {
+        let shared = &self.shared;
+        let cancel = rt.cancel_handle();
+        let source = acquire_model(rt, model.as_deref(), options.spec_json.as_deref(), &mut |state| {
+            // The setup clears earlier cancel requests when it starts; a close
+            // during a long download must still stop it at the next step.
+            if shared.closing.load(Ordering::SeqCst) {
+                cancel.cancel();
+            }
             let _ = catch_unwind(AssertUnwindSafe(|| listener.on_state(&state)));
         })?;
         self.notify(&ServiceState::Loading);

@@ -131,7 +131,8 @@ fn serve(
         "/r3" => return out.write_all(redirect("/model.gguf").as_bytes()),
         "/model.gguf" => {}
         _ => {
-            return out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            return out
+                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     }
     let f = {

@@ -1,15 +1,26 @@
 package ai.bittybot;
 
+import com.sun.net.httpserver.HttpServer;
+import java.io.File;
 import java.io.IOException;
+import java.io.OutputStream;
+import java.net.InetAddress;
+import java.net.InetSocketAddress;
+import java.net.ServerSocket;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.Arrays;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.stream.Collectors;
 
 /**
  * The Java API on a real JVM with the real native library, the built-in
@@ -173,6 +184,8 @@ public final class BittyBotTest {
             try (BittyBot idle = BittyBot.create(dir("idle"), null)) {
                 String send = kindOf(() -> idle.send(BittyBot.CHAT, "hi", new Reply(1)));
                 expect("not-ready".equals(send), "send " + send);
+                // No model path: the download goes to a port nothing listens on.
+                idle.setModelSpec(specJson("http://127.0.0.1:" + closedPort() + "/m.gguf", Paths.get(model), 0));
                 States s = new States();
                 idle.start(s);
                 String again = kindOf(() -> idle.start(new States()));
@@ -195,13 +208,35 @@ public final class BittyBotTest {
             return s.errorMessage;
         });
 
-        check("no model given: onError(no-model)", () -> {
+        check("no model path, server unreachable: onError(no-network), nothing left behind", () -> {
             try (BittyBot b = BittyBot.create(dir("nomodel"), null)) {
+                b.setModelSpec(specJson("http://127.0.0.1:" + closedPort() + "/m.gguf", Paths.get(model), 0));
                 States s = new States();
                 b.start(s);
                 await(s.done, "the end of start-up");
-                expect("no-model".equals(s.errorKind), "state " + s.events + " " + s.errorKind);
+                expect("no-network".equals(s.errorKind), "state " + s.events + " " + s.errorKind);
+                File[] left = new File(dir("nomodel"), "models").listFiles();
+                expect(left != null && left.length == 0, "stray files: " + Arrays.toString(left));
                 return s.errorMessage;
+            }
+        });
+
+        check("no model path: the model is downloaded, verified, loaded, and answers", () -> {
+            HttpServer server = serve(Paths.get(model));
+            try (BittyBot b = BittyBot.create(dir("download"), null)) {
+                String url = "http://127.0.0.1:" + server.getAddress().getPort() + "/m.gguf";
+                b.setModelSpec(specJson(url, Paths.get(model), 2));
+                States s = new States();
+                b.start(s);
+                await(s.done, "the end of start-up");
+                expect(s.ready != null, "state " + s.events + " " + s.errorKind + " " + s.errorMessage);
+                expect(s.events.contains("downloading") && s.events.contains("verifying"), "events " + s.events);
+                expect(s.maxDownloaded == Files.size(Paths.get(model)), "downloaded " + s.maxDownloaded);
+                Reply r = turn(b, BittyBot.CHAT, "Say hi.");
+                expect(r.error == null && r.stats != null, "turn " + r.error);
+                return s.events.stream().distinct().collect(Collectors.toList()).toString();
+            } finally {
+                server.stop(0);
             }
         });
 
@@ -233,6 +268,7 @@ public final class BittyBotTest {
 
         check("close() from inside a listener does not deadlock", () -> {
             BittyBot b = BittyBot.create(dir("selfclose"), null);
+            b.setModelSpec(specJson("http://127.0.0.1:" + closedPort() + "/m.gguf", Paths.get(model), 0));
             CountDownLatch closed = new CountDownLatch(1);
             b.start(new StateListener() {
                 @Override
@@ -344,6 +380,50 @@ public final class BittyBotTest {
         return r;
     }
 
+    /** A model spec for a file served at url. */
+    static String specJson(String url, Path file, int retries) {
+        try {
+            byte[] bytes = Files.readAllBytes(file);
+            byte[] sum = MessageDigest.getInstance("SHA-256").digest(bytes);
+            StringBuilder hex = new StringBuilder();
+            for (byte x : sum) {
+                hex.append(String.format("%02x", x));
+            }
+            return "{\"url\":\"" + url + "\",\"file_name\":\"demo.gguf\",\"size\":" + bytes.length
+                + ",\"sha256\":\"" + hex + "\",\"free_space_margin\":1024,\"retries\":" + retries
+                + ",\"retry_base_ms\":20}";
+        } catch (IOException | NoSuchAlgorithmException e) {
+            throw new AssertionError(e);
+        }
+    }
+
+    /** A port nothing listens on. */
+    static int closedPort() {
+        try (ServerSocket s = new ServerSocket(0, 1, InetAddress.getLoopbackAddress())) {
+            return s.getLocalPort();
+        } catch (IOException e) {
+            throw new AssertionError(e);
+        }
+    }
+
+    /** The JDK's HTTP server on loopback, serving one file at /m.gguf. */
+    static HttpServer serve(Path file) {
+        try {
+            HttpServer server = HttpServer.create(new InetSocketAddress(InetAddress.getLoopbackAddress(), 0), 0);
+            server.createContext("/m.gguf", ex -> {
+                byte[] body = Files.readAllBytes(file);
+                ex.sendResponseHeaders(200, body.length);
+                try (OutputStream out = ex.getResponseBody()) {
+                    out.write(body);
+                }
+            });
+            server.start();
+            return server;
+        } catch (IOException e) {
+            throw new AssertionError(e);
+        }
+    }
+
     static final class States implements StateListener {
         final List<String> events = Collections.synchronizedList(new ArrayList<>());
         final CountDownLatch done = new CountDownLatch(1);
@@ -356,6 +436,19 @@ public final class BittyBotTest {
         public void onChecking() {
             thread = Thread.currentThread().getName();
             events.add("checking");
+        }
+
+        volatile long maxDownloaded;
+
+        @Override
+        public void onDownloading(long done, long total, double bytesPerSecond) {
+            maxDownloaded = Math.max(maxDownloaded, done);
+            events.add("downloading");
+        }
+
+        @Override
+        public void onVerifying(long done, long total) {
+            events.add("verifying");
         }
 
         @Override

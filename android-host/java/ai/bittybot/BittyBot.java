@@ -52,12 +52,21 @@ public final class BittyBot implements AutoCloseable {
     }
 
     /**
-     * The GGUF model file to load. The stand-in until the model download
-     * state machine is wired in (then the model lives in {@code dataDir/models}).
-     * Call before {@link #start}.
+     * A GGUF model file to load instead of the app's own model (which is
+     * downloaded and verified into {@code dataDir/models} when no path is
+     * set). Call before {@link #start}.
      */
     public void setModelPath(String path) {
         nativeSetModelPath(handle, path);
+    }
+
+    /**
+     * Replace the built-in model spec (JSON: url, file_name, size, sha256, and
+     * optionally free_space_margin, retries, retry_base_ms) used to download
+     * and verify the model when no model path is set. Call before {@link #start}.
+     */
+    public void setModelSpec(String json) {
+        nativeSetModelSpec(handle, json);
     }
 
     /**
@@ -129,6 +138,7 @@ public final class BittyBot implements AutoCloseable {
 
     private static native long nativeCreate(String dataDir, String guestPath);
     private static native void nativeSetModelPath(long handle, String path);
+    private static native void nativeSetModelSpec(long handle, String json);
     private static native void nativeConfigure(long handle, int kind, int maxTokens, float temperature);
     private static native void nativeStart(long handle, StateListener listener);
     private static native void nativeSend(long handle, int kind, String text, ReplyBridge reply);

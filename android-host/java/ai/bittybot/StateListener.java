@@ -3,17 +3,17 @@ package ai.bittybot;
 /**
  * Start-up states of a {@link BittyBot}, called on its worker thread, in
  * order: checking, (downloading, verifying,) loading, then ready or error.
- * Downloading and verifying are not reported yet: they arrive with the
- * model download state machine.
+ * Downloading and verifying happen when no model path was set: the app's
+ * model is downloaded (resuming a partial download) and/or hashed.
  */
 public interface StateListener {
     /** Starting the engine and looking for the model. */
     default void onChecking() {}
 
-    /** Downloading the model (not reported yet). */
+    /** Downloading the model: bytes done, total, recent speed. */
     default void onDownloading(long done, long total, double bytesPerSecond) {}
 
-    /** Checking the model file's SHA-256 (not reported yet). */
+    /** Checking the model file's SHA-256. */
     default void onVerifying(long done, long total) {}
 
     /** Loading the model. */
