@@ -682,6 +682,7 @@ impl<S: Sampler> Generation<S> {
 
     fn clean(&mut self, text: &str) -> String {
         match &mut self.cleaner {
+            Some(c) if cfg!(feature = "shout") => c.push(text).to_uppercase(),
             Some(c) => c.push(text),
             None => text.to_owned(),
         }

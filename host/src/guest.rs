@@ -26,6 +26,11 @@ pub const BUILTIN_GUEST_PATH: &str = env!("BITTYBOT_GUEST_WASM");
 
 const CACHE_MAGIC: &[u8; 8] = b"BBCWASM1";
 
+/// The WIT package this host implements.
+pub const WIT_PACKAGE: &str = "bittybot:core";
+/// Its version (from `wit/world.wit`).
+pub const WIT_VERSION: &str = env!("BITTYBOT_WIT_VERSION");
+
 /// Errors of loading a guest.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -53,6 +58,14 @@ pub enum GuestError {
         /// What does not match.
         reason: String,
     },
+    /// The guest failed the integrity policy (pinned hash or signature).
+    #[error("guest {label} refused: {reason}")]
+    Rejected {
+        /// Which guest.
+        label: String,
+        /// What failed.
+        reason: String,
+    },
     /// Instantiation failed.
     #[error("cannot start guest {label}: {reason}")]
     Instantiate {
@@ -69,6 +82,8 @@ pub struct GuestSource {
     bytes: Arc<[u8]>,
     sha256: String,
     label: String,
+    /// A detached Ed25519 signature (from `FILE.wasm.sig`), if one was found.
+    signature: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for GuestSource {
@@ -84,19 +99,31 @@ impl GuestSource {
             bytes: Arc::from(BUILTIN_GUEST),
             sha256: BUILTIN_GUEST_SHA256.to_owned(),
             label: "built-in".to_owned(),
+            signature: None,
         }
     }
 
-    /// A guest `.wasm` file.
+    /// A guest `.wasm` file, with its detached signature `FILE.sig` when present.
     pub fn from_file(path: &Path) -> Result<Self, GuestError> {
         let bytes = std::fs::read(path).map_err(|source| GuestError::Read { path: path.into(), source })?;
-        Ok(Self::from_bytes(bytes, path.display().to_string()))
+        let mut guest = Self::from_bytes(bytes, path.display().to_string());
+        let sig_path = signature_path(path);
+        if let Ok(text) = std::fs::read_to_string(&sig_path) {
+            guest.signature = Some(unhex(text.trim()).unwrap_or_default());
+        }
+        Ok(guest)
     }
 
     /// Guest bytes from anywhere.
     pub fn from_bytes(bytes: Vec<u8>, label: String) -> Self {
         let sha256 = hex(&Sha256::digest(&bytes));
-        GuestSource { bytes: Arc::from(bytes), sha256, label }
+        GuestSource { bytes: Arc::from(bytes), sha256, label, signature: None }
+    }
+
+    /// Attach a detached signature.
+    pub fn with_signature(mut self, signature: Vec<u8>) -> Self {
+        self.signature = Some(signature);
+        self
     }
 
     /// SHA-256 of the `.wasm`, lowercase hex.
@@ -113,6 +140,115 @@ impl GuestSource {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+}
+
+/// Where the detached signature of a guest file lives: `FILE.sig`.
+pub fn signature_path(guest: &Path) -> PathBuf {
+    let mut name = guest.as_os_str().to_owned();
+    name.push(".sig");
+    PathBuf::from(name)
+}
+
+/// Bytes from hex (either case); `None` when it is not hex.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// What a guest must satisfy before it is compiled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestPolicy {
+    /// The guest's SHA-256 must be this (lowercase hex).
+    pub sha256: Option<String>,
+    /// The guest must carry a valid Ed25519 signature by this key.
+    pub public_key: Option<[u8; 32]>,
+}
+
+impl GuestPolicy {
+    /// Check a guest against the policy.
+    pub fn check(&self, guest: &GuestSource) -> Result<(), GuestError> {
+        let reject = |reason: String| GuestError::Rejected { label: guest.label().to_owned(), reason };
+        if let Some(pinned) = &self.sha256 {
+            if !pinned.eq_ignore_ascii_case(guest.sha256()) {
+                return Err(reject(format!("its SHA-256 is {}, the pinned one is {pinned}", guest.sha256())));
+            }
+        }
+        if let Some(key) = &self.public_key {
+            let Some(sig) = &guest.signature else {
+                return Err(reject("a signature is required and none was found (FILE.wasm.sig)".into()));
+            };
+            verify_signature(key, guest.bytes(), sig).map_err(reject)?;
+        }
+        Ok(())
+    }
+}
+
+/// A new Ed25519 key: (private seed, public key).
+pub fn generate_key() -> Result<([u8; 32], [u8; 32]), String> {
+    use ring::rand::SecureRandom;
+    let mut seed = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut seed).map_err(|_| "no system randomness".to_owned())?;
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| e.to_string())?;
+    let mut public = [0u8; 32];
+    public.copy_from_slice(ring::signature::KeyPair::public_key(&pair).as_ref());
+    Ok((seed, public))
+}
+
+/// Sign bytes with a private seed.
+pub fn sign(seed: &[u8; 32], bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed).map_err(|e| e.to_string())?;
+    Ok(pair.sign(bytes).as_ref().to_vec())
+}
+
+/// Check a detached signature.
+pub fn verify_signature(public: &[u8; 32], bytes: &[u8], signature: &[u8]) -> Result<(), String> {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+        .verify(bytes, signature)
+        .map_err(|_| "the signature does not match the configured public key".to_owned())
+}
+
+/// Whether a guest's `bittybot:core` version can run on this host: the same
+/// major version (for 0.x, the same minor), and not newer than the host.
+pub fn version_compatible(host: &str, guest: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64, u64)> {
+        let core = v.split(['-', '+']).next()?;
+        let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+        Some((it.next()??, it.next()??, it.next()??))
+    };
+    match (parse(host), parse(guest)) {
+        (Some(h), Some(g)) => {
+            let same_line = if h.0 == 0 { g.0 == 0 && g.1 == h.1 } else { g.0 == h.0 };
+            same_line && g <= h
+        }
+        _ => false,
+    }
+}
+
+/// Refuse a component built for another `bittybot:core` version, or one
+/// that does not export the app interface, naming both versions.
+pub fn check_compatible(engine: &Engine, component: &Component, label: &str) -> Result<(), GuestError> {
+    let ty = component.component_type();
+    let prefix = format!("{WIT_PACKAGE}/");
+    let imports = ty.imports(engine).map(|(n, _)| n.to_owned());
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+    let incompatible = |reason: String| GuestError::Incompatible { label: label.to_owned(), reason };
+    for name in imports.chain(exports.iter().cloned()) {
+        let Some(rest) = name.strip_prefix(&prefix) else { continue };
+        let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("(none)");
+        if !version_compatible(WIT_VERSION, version) {
+            return Err(incompatible(format!(
+                "it was built for {WIT_PACKAGE}@{version} (`{name}`); this host implements {WIT_PACKAGE}@{WIT_VERSION}"
+            )));
+        }
+    }
+    if !exports.iter().any(|n| n.starts_with(&format!("{prefix}app@"))) {
+        return Err(incompatible(format!(
+            "it does not export {WIT_PACKAGE}/app (this host implements {WIT_PACKAGE}@{WIT_VERSION})"
+        )));
+    }
+    Ok(())
 }
 
 /// Lowercase hex of bytes.
@@ -249,4 +385,39 @@ fn deserialize_checked(engine: &Engine, bytes: &[u8]) -> Result<Component, Strin
 
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert!(version_compatible("0.1.0", "0.1.0"));
+        assert!(version_compatible("0.1.3", "0.1.0"));
+        assert!(!version_compatible("0.1.0", "0.1.3"), "a newer guest may need imports we lack");
+        assert!(!version_compatible("0.1.0", "0.2.0"));
+        assert!(!version_compatible("0.1.0", "2.0.0"));
+        assert!(version_compatible("1.4.0", "1.2.9"));
+        assert!(!version_compatible("1.4.0", "2.0.0"));
+        assert!(!version_compatible("0.1.0", "banana"));
+    }
+
+    #[test]
+    fn signatures_and_pins() {
+        let (seed, public) = generate_key().unwrap();
+        let guest = GuestSource::from_bytes(b"\0asm pretend".to_vec(), "g".into());
+        let sig = sign(&seed, guest.bytes()).unwrap();
+        let signed = guest.clone().with_signature(sig.clone());
+        let policy = GuestPolicy { sha256: None, public_key: Some(public) };
+        policy.check(&signed).unwrap();
+        assert!(matches!(policy.check(&guest), Err(GuestError::Rejected { .. })), "unsigned");
+        let tampered = GuestSource::from_bytes(b"\0asm pretenD".to_vec(), "g".into()).with_signature(sig);
+        assert!(matches!(policy.check(&tampered), Err(GuestError::Rejected { .. })));
+        let pin = GuestPolicy { sha256: Some(guest.sha256().to_uppercase()), public_key: None };
+        pin.check(&guest).unwrap();
+        assert!(pin.check(&tampered).is_err());
+        assert_eq!(unhex("0aFf"), Some(vec![10, 255]));
+        assert_eq!(unhex("0g"), None);
+    }
 }

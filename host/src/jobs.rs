@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+/// Most jobs of one kind a guest may hold at once (each is a thread).
+pub const MAX_LIVE: usize = 8;
+
 /// What a job's body sees.
 pub struct JobCtx<P> {
     shared: Arc<Shared<P>>,

@@ -15,6 +15,7 @@ pub mod hashing;
 pub mod imports;
 pub mod jobs;
 pub mod llama;
+pub mod quantize;
 pub mod runtime;
 pub mod service;
 
@@ -25,7 +26,7 @@ pub use bindings::app::{
 };
 pub use bindings::inference::{LoadSettings, ModelInfo};
 pub use bindings::types::ModelSource;
-pub use guest::{CacheOutcome, GuestError, GuestSource};
+pub use guest::{CacheOutcome, GuestError, GuestPolicy, GuestSource};
 pub use runtime::{
     CancelHandle, Generation, ModelSetup, Runtime, RuntimeError, RuntimeOptions, Session, StartReport,
     describe_setup,

@@ -22,7 +22,7 @@ use crate::bindings::app::{
     SessionOptions, SetupError, SetupState,
 };
 use crate::folders::Folders;
-use crate::guest::{ComponentCache, ComponentReport, GuestError, GuestSource};
+use crate::guest::{ComponentCache, ComponentReport, GuestError, GuestPolicy, GuestSource, check_compatible};
 use crate::imports::TypesCtx;
 use crate::imports::download::DownloadCtx;
 use crate::imports::files::FilesCtx;
@@ -50,6 +50,8 @@ pub struct RuntimeOptions {
     pub call_budget: Duration,
     /// Read the CPU topology from here instead of sysfs (tests).
     pub sysfs_cpu: Option<PathBuf>,
+    /// What a guest must satisfy before it is compiled (pinned hash, signature).
+    pub policy: GuestPolicy,
 }
 
 impl RuntimeOptions {
@@ -63,6 +65,7 @@ impl RuntimeOptions {
             memory_limit: 64 << 20,
             call_budget: Duration::from_secs(5),
             sysfs_cpu: None,
+            policy: GuestPolicy::default(),
         }
     }
 }
@@ -261,6 +264,12 @@ pub struct Runtime {
     cancel: CancelFlag,
     report: StartReport,
     guest: GuestSource,
+    options: RuntimeOptions,
+    memory_limit: usize,
+    /// The last successful model load, repeated after a guest swap.
+    last_load: Option<LoadOptions>,
+    /// Set when the guest trapped: the instance must not be entered again.
+    poisoned: Option<String>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -269,16 +278,32 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-fn trap(e: wasmtime::Error) -> RuntimeError {
-    RuntimeError::Trap(format!("{e:#}"))
+/// A sentence for a guest trap: what the limit was, or what the guest did.
+fn describe_trap(e: &wasmtime::Error, memory_limit: usize) -> String {
+    let chain = format!("{e:#}");
+    if chain.contains("memory growth failure") || chain.contains("growing memory") {
+        format!("the guest exceeded its memory limit of {} MiB ({chain})", memory_limit >> 20)
+    } else if chain.contains("CPU time in one call") {
+        format!("the guest was stopped: {chain}")
+    } else if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::UnreachableCodeReached) {
+        format!("the guest panicked or reached unreachable code ({chain})")
+    } else {
+        chain
+    }
 }
 
 impl Runtime {
     /// Start a runtime: load (or compile) the guest, instantiate it, start
     /// the inference thread. No model is loaded yet.
     pub fn start(options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+        Self::start_with(options, Arc::new(AtomicBool::new(false)))
+    }
+
+    fn start_with(options: RuntimeOptions, cancel: CancelFlag) -> Result<Runtime, RuntimeError> {
         let start = Instant::now();
         let engine = engine();
+        // Integrity first: a tampered guest is refused before it is compiled.
+        options.policy.check(&options.guest)?;
         let folders = Folders::under(&options.data_dir, options.model.clone());
         folders
             .create()
@@ -286,9 +311,9 @@ impl Runtime {
         let cache =
             ComponentCache::new(options.cache_dir.clone().unwrap_or_else(|| options.data_dir.join("cache")));
         let (component, component_report) = cache.load(engine, &options.guest)?;
+        check_compatible(engine, &component, options.guest.label())?;
 
         let t_inst = Instant::now();
-        let cancel: CancelFlag = Arc::new(AtomicBool::new(false));
         let worker = Worker::start()?;
         let mut linker = Linker::<StoreData>::new(engine);
         let link = |e: wasmtime::Error| GuestError::Instantiate {
@@ -388,8 +413,47 @@ impl Runtime {
                 instantiate_ms,
                 total_ms: start.elapsed().as_secs_f64() * 1000.0,
             },
-            guest: options.guest,
+            memory_limit: options.memory_limit,
+            guest: options.guest.clone(),
+            options,
+            last_load: None,
+            poisoned: None,
         })
+    }
+
+    /// Run another guest in place of this one, without restarting the app:
+    /// the new guest is checked (policy, WIT version), compiled or taken from
+    /// the cache, instantiated, and given the model this runtime had loaded.
+    /// Only then does it replace the old one; on any failure the old guest
+    /// keeps running. Sessions and generations of the old guest end (open new
+    /// ones); `state/` (settings, verified records) carries over; cancel
+    /// handles stay valid.
+    pub fn swap_guest(&mut self, guest: GuestSource) -> Result<StartReport, RuntimeError> {
+        let mut options = self.options.clone();
+        options.guest = guest;
+        let mut fresh = Runtime::start_with(options, self.cancel.clone())?;
+        if let Some(load) = self.last_load.clone() {
+            fresh.load_model(&load)?;
+        }
+        let report = fresh.report.clone();
+        *self = fresh;
+        Ok(report)
+    }
+
+    /// Start the same guest afresh (after it failed).
+    pub fn restart(&mut self) -> Result<StartReport, RuntimeError> {
+        self.swap_guest(self.guest.clone())
+    }
+
+    /// Change the budget of guest CPU time per call (also for guests swapped in later).
+    pub fn set_call_budget(&mut self, budget: Duration) {
+        self.options.call_budget = budget;
+        self.store.data_mut().clock.budget = budget;
+    }
+
+    /// Why the guest is unusable, if it trapped.
+    pub fn failure(&self) -> Option<&str> {
+        self.poisoned.as_deref()
     }
 
     /// How the start went.
@@ -407,31 +471,45 @@ impl Runtime {
         CancelHandle(self.cancel.clone())
     }
 
-    /// Start a new call into the guest: reset its time budget.
-    fn begin_call(&mut self) {
+    /// One call into the guest: refuse when it failed before, reset the
+    /// time budget, and turn a trap into a poisoned runtime with a clear error.
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&Bittybot, &mut Store<StoreData>) -> wasmtime::Result<T>,
+    ) -> Result<T, RuntimeError> {
+        if let Some(why) = &self.poisoned {
+            return Err(RuntimeError::Trap(format!("the guest failed earlier and must be restarted: {why}")));
+        }
         let clock = &mut self.store.data_mut().clock;
         clock.call_start = Instant::now();
         clock.host_time = Duration::ZERO;
         clock.host_since = None;
         self.store.set_epoch_deadline(1);
+        f(&self.bindings, &mut self.store).map_err(|e| {
+            let why = describe_trap(&e, self.memory_limit);
+            self.poisoned = Some(why.clone());
+            RuntimeError::Trap(why)
+        })
     }
 
-    fn app<T>(r: wasmtime::Result<Result<T, AppError>>) -> Result<T, RuntimeError> {
-        r.map_err(trap)?.map_err(RuntimeError::App)
+    fn call_app<T>(
+        &mut self,
+        f: impl FnOnce(&Bittybot, &mut Store<StoreData>) -> wasmtime::Result<Result<T, AppError>>,
+    ) -> Result<T, RuntimeError> {
+        self.call(f)?.map_err(RuntimeError::App)
     }
 
     /// Load a model; the guest fills in settings the options leave open.
     pub fn load_model(&mut self, options: &LoadOptions) -> Result<LoadReport, RuntimeError> {
-        self.begin_call();
-        let r = self.bindings.bittybot_core_app().call_load_model(&mut self.store, options);
-        Self::app(r)
+        let report = self.call_app(|b, st| b.bittybot_core_app().call_load_model(st, options))?;
+        self.last_load = Some(options.clone());
+        Ok(report)
     }
 
     /// The model spec in effect (built in, or the override JSON).
     pub fn resolve_spec(&mut self, spec_json: Option<&str>) -> Result<ModelSpec, RuntimeError> {
-        self.begin_call();
-        let r = self.bindings.bittybot_core_app().call_resolve_spec(&mut self.store, spec_json);
-        r.map_err(trap)?.map_err(RuntimeError::ModelSetup)
+        self.call(|b, st| b.bittybot_core_app().call_resolve_spec(st, spec_json))?
+            .map_err(RuntimeError::ModelSetup)
     }
 
     /// Start getting the model onto the device; drive it with [`Runtime::setup_step`].
@@ -443,20 +521,15 @@ impl Runtime {
         force_verify: bool,
     ) -> Result<ModelSetup, RuntimeError> {
         self.cancel.store(false, Ordering::Relaxed);
-        self.begin_call();
-        let r = self.bindings.bittybot_core_app().model_setup().call_constructor(
-            &mut self.store,
-            spec_json,
-            allow_download,
-            force_verify,
-        );
-        r.map(ModelSetup).map_err(trap)
+        self.call(|b, st| {
+            b.bittybot_core_app().model_setup().call_constructor(st, spec_json, allow_download, force_verify)
+        })
+        .map(ModelSetup)
     }
 
     /// One step of a model setup (returns within about a quarter of a second).
     pub fn setup_step(&mut self, setup: &ModelSetup) -> Result<SetupState, RuntimeError> {
-        self.begin_call();
-        self.bindings.bittybot_core_app().model_setup().call_step(&mut self.store, setup.0).map_err(trap)
+        self.call(|b, st| b.bittybot_core_app().model_setup().call_step(st, setup.0))
     }
 
     /// Drive a setup to its end, reporting every state; returns the last one.
@@ -475,8 +548,7 @@ impl Runtime {
                 break state;
             }
         };
-        self.begin_call();
-        setup.0.resource_drop(&mut self.store).map_err(trap)?;
+        self.call(|_, st| setup.0.resource_drop(st))?;
         Ok(last)
     }
 
@@ -496,28 +568,17 @@ impl Runtime {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<RenderedPrompt, RuntimeError> {
-        self.begin_call();
-        let r = self.bindings.bittybot_core_app().call_render_prompt(
-            &mut self.store,
-            messages,
-            add_generation_prompt,
-        );
-        Self::app(r)
+        self.call_app(|b, st| b.bittybot_core_app().call_render_prompt(st, messages, add_generation_prompt))
     }
 
     /// Open a session.
     pub fn open_session(&mut self, kind: SessionKind) -> Result<Session, RuntimeError> {
-        self.begin_call();
-        let r = self.bindings.bittybot_core_app().session().call_open(&mut self.store, kind);
-        Self::app(r).map(Session)
+        self.call_app(|b, st| b.bittybot_core_app().session().call_open(st, kind)).map(Session)
     }
 
     /// Change a session's generation settings.
     pub fn configure(&mut self, session: &Session, options: &SessionOptions) -> Result<(), RuntimeError> {
-        self.begin_call();
-        let r =
-            self.bindings.bittybot_core_app().session().call_configure(&mut self.store, session.0, options);
-        Self::app(r)
+        self.call_app(|b, st| b.bittybot_core_app().session().call_configure(st, session.0, options))
     }
 
     /// Set a translation session's language pair.
@@ -527,64 +588,46 @@ impl Runtime {
         source: Option<&str>,
         target: &str,
     ) -> Result<(), RuntimeError> {
-        self.begin_call();
-        let r = self.bindings.bittybot_core_app().session().call_set_languages(
-            &mut self.store,
-            session.0,
-            source,
-            target,
-        );
-        Self::app(r)
+        self.call_app(|b, st| {
+            b.bittybot_core_app().session().call_set_languages(st, session.0, source, target)
+        })
     }
 
     /// Send a message; pull the reply with [`Runtime::next`]. Clears any
     /// earlier cancellation request.
     pub fn send(&mut self, session: &Session, text: &str) -> Result<Generation, RuntimeError> {
         self.cancel.store(false, Ordering::Relaxed);
-        self.begin_call();
-        let r = self.bindings.bittybot_core_app().session().call_send(&mut self.store, session.0, text);
-        Self::app(r).map(Generation)
+        self.call_app(|b, st| b.bittybot_core_app().session().call_send(st, session.0, text)).map(Generation)
     }
 
     /// The next visible text of a reply; `None` at the end.
     pub fn next(&mut self, generation: &Generation) -> Result<Option<String>, RuntimeError> {
-        self.begin_call();
-        let r = self.bindings.bittybot_core_app().generation().call_next(&mut self.store, generation.0);
-        Self::app(r)
+        self.call_app(|b, st| b.bittybot_core_app().generation().call_next(st, generation.0))
     }
 
     /// Figures of a finished reply.
     pub fn stats(&mut self, generation: &Generation) -> Result<Option<GenerationStats>, RuntimeError> {
-        self.begin_call();
-        self.bindings.bittybot_core_app().generation().call_stats(&mut self.store, generation.0).map_err(trap)
+        self.call(|b, st| b.bittybot_core_app().generation().call_stats(st, generation.0))
     }
 
     /// Release a generation (an unfinished reply is ended and kept in the history).
     pub fn close_generation(&mut self, generation: Generation) -> Result<(), RuntimeError> {
-        self.begin_call();
-        generation.0.resource_drop(&mut self.store).map_err(trap)
+        self.call(|_, st| generation.0.resource_drop(st))
     }
 
     /// Forget a session's history and KV.
     pub fn reset(&mut self, session: &Session) -> Result<(), RuntimeError> {
-        self.begin_call();
-        self.bindings.bittybot_core_app().session().call_reset(&mut self.store, session.0).map_err(trap)
+        self.call(|b, st| b.bittybot_core_app().session().call_reset(st, session.0))
     }
 
     /// The conversation as the app shows it.
     pub fn history(&mut self, session: &Session) -> Result<Vec<Message>, RuntimeError> {
-        self.begin_call();
-        self.bindings.bittybot_core_app().session().call_history(&mut self.store, session.0).map_err(trap)
+        self.call(|b, st| b.bittybot_core_app().session().call_history(st, session.0))
     }
 
     /// The tokens in a session's KV sequence.
     pub fn kv_token_ids(&mut self, session: &Session) -> Result<Vec<i32>, RuntimeError> {
-        self.begin_call();
-        self.bindings
-            .bittybot_core_app()
-            .session()
-            .call_kv_token_ids(&mut self.store, session.0)
-            .map_err(trap)
+        self.call(|b, st| b.bittybot_core_app().session().call_kv_token_ids(st, session.0))
     }
 
     /// The id of the token spelled exactly `text` in the loaded model (host-side lookup).
@@ -599,14 +642,12 @@ impl Runtime {
 
     /// Tokens in a session's KV sequence.
     pub fn kv_tokens(&mut self, session: &Session) -> Result<u32, RuntimeError> {
-        self.begin_call();
-        self.bindings.bittybot_core_app().session().call_kv_tokens(&mut self.store, session.0).map_err(trap)
+        self.call(|b, st| b.bittybot_core_app().session().call_kv_tokens(st, session.0))
     }
 
     /// Release a session and its KV sequence.
     pub fn close_session(&mut self, session: Session) -> Result<(), RuntimeError> {
-        self.begin_call();
-        session.0.resource_drop(&mut self.store).map_err(trap)
+        self.call(|_, st| session.0.resource_drop(st))
     }
 
     /// Send a message and collect the whole reply: (chunks, stats).

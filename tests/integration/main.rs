@@ -7,3 +7,5 @@ mod conversation;
 mod download;
 mod errors;
 mod guest_cache;
+mod quantize;
+mod sandbox;

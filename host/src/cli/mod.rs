@@ -1,7 +1,9 @@
 //! Command-line arguments and the commands behind them.
 
 mod chat;
+mod guest;
 mod model;
+mod quantize;
 
 use std::path::PathBuf;
 
@@ -22,6 +24,13 @@ pub struct Cli {
     /// Run this guest component instead of the built-in one.
     #[arg(long, global = true)]
     pub guest: Option<PathBuf>,
+    /// Refuse a guest whose SHA-256 is not this (hex).
+    #[arg(long, global = true)]
+    pub guest_sha256: Option<String>,
+    /// Refuse a guest without a valid Ed25519 signature (FILE.wasm.sig) by
+    /// this public key (hex, or a file holding it).
+    #[arg(long, global = true)]
+    pub guest_pubkey: Option<String>,
     /// Print start-up figures (guest cache, instantiation) to stderr.
     #[arg(short, long, global = true)]
     pub verbose: bool,
@@ -116,6 +125,9 @@ pub enum Command {
         /// The file to check.
         path: Option<PathBuf>,
     },
+    /// Sign and check guest components.
+    #[command(subcommand)]
+    Guest(guest::GuestCommand),
     /// Measure the path through the guest against a raw llama-cpp-2 loop.
     Bench {
         #[command(flatten)]
@@ -133,6 +145,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Quantize a GGUF model with llama.cpp's quantizer; writes the release manifest next to it.
+    Quantize(quantize::QuantizeArgs),
+    /// Print the model spec JSON of a release manifest (the guest's override format).
+    Spec(quantize::SpecArgs),
 }
 
 fn bench_prompt() -> &'static str {
@@ -165,6 +181,7 @@ fn guest_source(cli_guest: Option<&PathBuf>) -> Result<GuestSource> {
 pub fn start_runtime(cli: &CliContext, model: Option<&PathBuf>) -> Result<Runtime> {
     let mut options = RuntimeOptions::new(&cli.data_dir);
     options.guest = cli.guest.clone();
+    options.policy = cli.policy.clone();
     options.model = model.cloned();
     let rt = Runtime::start(options)?;
     if cli.verbose {
@@ -190,6 +207,8 @@ pub struct CliContext {
     pub guest: GuestSource,
     /// Print start-up figures.
     pub verbose: bool,
+    /// The guest integrity policy.
+    pub policy: bittybot_host::GuestPolicy,
 }
 
 /// Run a parsed command line.
@@ -198,6 +217,7 @@ pub fn run(cli: Cli) -> Result<()> {
         data_dir: data_dir(cli.data_dir.as_ref()),
         guest: guest_source(cli.guest.as_ref())?,
         verbose: cli.verbose,
+        policy: guest::policy(cli.guest_sha256.as_deref(), cli.guest_pubkey.as_deref())?,
     };
     match cli.command {
         Command::Chat(args) => chat::chat(&ctx, &args),
@@ -227,6 +247,9 @@ pub fn run(cli: Cli) -> Result<()> {
             model::download(&ctx, spec.as_ref())
         }
         Command::Verify { spec, path } => model::verify(&ctx, spec.as_ref(), path.as_ref()),
+        Command::Quantize(args) => quantize::quantize(&args),
+        Command::Spec(args) => quantize::spec(&ctx, &args),
+        Command::Guest(cmd) => guest::run(&cmd),
         Command::Bench { model, reps, max_tokens, prompt, json } => {
             let model_path = match &model.model {
                 Some(p) => p.clone(),

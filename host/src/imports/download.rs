@@ -20,12 +20,13 @@ pub struct DownloadCtx {
     folders: Folders,
     cancel: CancelFlag,
     table: ResourceTable,
+    live: usize,
 }
 
 impl DownloadCtx {
     /// A context over the guest's folders.
     pub fn new(folders: Folders, cancel: CancelFlag) -> Self {
-        DownloadCtx { folders, cancel, table: ResourceTable::new() }
+        DownloadCtx { folders, cancel, table: ResourceTable::new(), live: 0 }
     }
 }
 
@@ -48,6 +49,10 @@ impl wit::Host for DownloadCtx {}
 
 impl wit::HostTransfer for DownloadCtx {
     fn new(&mut self, req: Request) -> wasmtime::Result<Resource<TransferJob>> {
+        if self.live >= crate::jobs::MAX_LIVE {
+            wasmtime::bail!("the guest holds more than {} transfers", crate::jobs::MAX_LIVE);
+        }
+        self.live += 1;
         let dest = self.folders.resolve(&req.dest);
         let url = req.url;
         let expected_size = req.expected_size;
@@ -85,6 +90,7 @@ impl wit::HostTransfer for DownloadCtx {
 
     fn drop(&mut self, rep: Resource<TransferJob>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
+        self.live -= 1;
         Ok(())
     }
 }

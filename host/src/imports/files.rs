@@ -19,6 +19,7 @@ pub struct FilesCtx {
     folders: Folders,
     cancel: CancelFlag,
     table: ResourceTable,
+    live: usize,
     /// Hash jobs started (the verified fast path is observable through it).
     pub hashes_started: u64,
 }
@@ -26,7 +27,7 @@ pub struct FilesCtx {
 impl FilesCtx {
     /// A context over the guest's folders.
     pub fn new(folders: Folders, cancel: CancelFlag) -> Self {
-        FilesCtx { folders, cancel, table: ResourceTable::new(), hashes_started: 0 }
+        FilesCtx { folders, cancel, table: ResourceTable::new(), live: 0, hashes_started: 0 }
     }
 }
 
@@ -42,6 +43,10 @@ impl wit::Host for FilesCtx {}
 
 impl wit::HostHasher for FilesCtx {
     fn new(&mut self, source: ModelSource) -> wasmtime::Result<Resource<HashJob>> {
+        if self.live >= crate::jobs::MAX_LIVE {
+            wasmtime::bail!("the guest holds more than {} hash jobs", crate::jobs::MAX_LIVE);
+        }
+        self.live += 1;
         self.hashes_started += 1;
         let path = self.folders.model_path(&source);
         let job = Job::spawn("hash", (0, 0), Some(self.cancel.clone()), move |ctx| {
@@ -70,6 +75,7 @@ impl wit::HostHasher for FilesCtx {
 
     fn drop(&mut self, rep: Resource<HashJob>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
+        self.live -= 1;
         Ok(())
     }
 }

@@ -242,7 +242,7 @@ impl wit::HostSampler for InferenceCtx {
             logit_bias: c.logit_bias,
         };
         // A bad configuration is reported by `sample`, when the vocabulary is known.
-        let id = self.worker.call(move |st| st.samplers.add(spec))?;
+        let id = self.worker.call(move |st| st.samplers.add(spec))??;
         Ok(self.table.push(SamplerHandle { id })?)
     }
 
@@ -288,7 +288,7 @@ impl wit::HostKvSnapshot for InferenceCtx {
             .call(move |st| {
                 let state = st.loaded()?.snapshot(seq)?;
                 let bytes = state.byte_len() as u64;
-                Ok::<_, LlamaError>((st.samplers.add_snapshot(state), bytes))
+                Ok::<_, LlamaError>((st.samplers.add_snapshot(state)?, bytes))
             })
             .and_then(|r| r)
             .map_err(to_wit)?;

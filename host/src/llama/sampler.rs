@@ -96,6 +96,11 @@ impl SamplerSpec {
     }
 }
 
+/// Most samplers a guest may hold at once (a guest cannot exhaust host memory with them).
+const MAX_SAMPLERS: usize = 256;
+/// Most KV snapshots a guest may hold at once (each is a copy of a sequence's KV).
+const MAX_SNAPSHOTS: usize = 16;
+
 struct Entry {
     spec: SamplerSpec,
     chain: Option<LlamaSampler>,
@@ -118,10 +123,13 @@ impl Samplers {
     }
 
     /// Register a sampler configuration; returns its id.
-    pub fn add(&mut self, spec: SamplerSpec) -> u32 {
+    pub fn add(&mut self, spec: SamplerSpec) -> Result<u32, LlamaError> {
+        if self.samplers.len() >= MAX_SAMPLERS {
+            return Err(LlamaError::InvalidArgument(format!("more than {MAX_SAMPLERS} live samplers")));
+        }
         let id = self.fresh_id();
         self.samplers.insert(id, Entry { spec, chain: None, history: Vec::new() });
-        id
+        Ok(id)
     }
 
     /// Forget a sampler.
@@ -175,10 +183,13 @@ impl Samplers {
     }
 
     /// Keep a snapshot; returns its id.
-    pub fn add_snapshot(&mut self, state: SeqState) -> u32 {
+    pub fn add_snapshot(&mut self, state: SeqState) -> Result<u32, LlamaError> {
+        if self.snapshots.len() >= MAX_SNAPSHOTS {
+            return Err(LlamaError::InvalidArgument(format!("more than {MAX_SNAPSHOTS} live KV snapshots")));
+        }
         let id = self.fresh_id();
         self.snapshots.insert(id, state);
-        id
+        Ok(id)
     }
 
     /// A snapshot by id.

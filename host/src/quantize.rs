@@ -1,0 +1,1220 @@
+//! Quantizing a GGUF model with llama.cpp's own quantizer
+//! (`llama_model_quantize`, the code behind `llama-quantize`), and the
+//! release manifest that turns the result into the model spec the guest
+//! downloads: quantize → manifest → spec → new guest build.
+//!
+//! The quantizer is one blocking C call with no progress callback and no
+//! cancellation. Progress comes from its log: while it runs, a hook chained
+//! in front of the host's llama.cpp log (`llama::log`, which still sees every
+//! line) reads its `[ n/ N] tensor` lines, and each tensor counts with its
+//! bytes in the input. Bad input is rejected before llama.cpp sees it (the
+//! magic, the GGUF structure, tensor data inside the file), so a failure is
+//! an error, never an abort. llama.cpp writes to a hidden temporary file
+//! beside the output, which is renamed only when everything (hash, manifest)
+//! has succeeded; a failure removes it.
+//!
+//! The result does not depend on the thread count: llama.cpp quantizes each
+//! row on its own, so the same input and type give the same bytes.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, c_char, c_void};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use llama_cpp_sys_2 as sys;
+use serde::{Deserialize, Serialize};
+
+use crate::hashing::{HashError, hash_file};
+use crate::llama::{LLAMA_CPP_VERSION, check_gguf_header};
+
+/// The quantization types, by llama.cpp's names (as `llama-quantize` lists
+/// them; `Q3_K`, `Q4_K` and `Q5_K` are its aliases of the `_M` types).
+const TYPES: &[(&str, sys::llama_ftype)] = &[
+    ("Q1_0", sys::LLAMA_FTYPE_MOSTLY_Q1_0),
+    ("Q2_0", sys::LLAMA_FTYPE_MOSTLY_Q2_0),
+    ("Q4_0", sys::LLAMA_FTYPE_MOSTLY_Q4_0),
+    ("Q4_1", sys::LLAMA_FTYPE_MOSTLY_Q4_1),
+    ("MXFP4_MOE", sys::LLAMA_FTYPE_MOSTLY_MXFP4_MOE),
+    ("Q5_0", sys::LLAMA_FTYPE_MOSTLY_Q5_0),
+    ("Q5_1", sys::LLAMA_FTYPE_MOSTLY_Q5_1),
+    ("IQ2_XXS", sys::LLAMA_FTYPE_MOSTLY_IQ2_XXS),
+    ("IQ2_XS", sys::LLAMA_FTYPE_MOSTLY_IQ2_XS),
+    ("IQ2_S", sys::LLAMA_FTYPE_MOSTLY_IQ2_S),
+    ("IQ2_M", sys::LLAMA_FTYPE_MOSTLY_IQ2_M),
+    ("IQ1_S", sys::LLAMA_FTYPE_MOSTLY_IQ1_S),
+    ("IQ1_M", sys::LLAMA_FTYPE_MOSTLY_IQ1_M),
+    ("TQ1_0", sys::LLAMA_FTYPE_MOSTLY_TQ1_0),
+    ("TQ2_0", sys::LLAMA_FTYPE_MOSTLY_TQ2_0),
+    ("Q2_K", sys::LLAMA_FTYPE_MOSTLY_Q2_K),
+    ("Q2_K_S", sys::LLAMA_FTYPE_MOSTLY_Q2_K_S),
+    ("IQ3_XXS", sys::LLAMA_FTYPE_MOSTLY_IQ3_XXS),
+    ("IQ3_S", sys::LLAMA_FTYPE_MOSTLY_IQ3_S),
+    ("IQ3_M", sys::LLAMA_FTYPE_MOSTLY_IQ3_M),
+    ("Q3_K", sys::LLAMA_FTYPE_MOSTLY_Q3_K_M),
+    ("IQ3_XS", sys::LLAMA_FTYPE_MOSTLY_IQ3_XS),
+    ("Q3_K_S", sys::LLAMA_FTYPE_MOSTLY_Q3_K_S),
+    ("Q3_K_M", sys::LLAMA_FTYPE_MOSTLY_Q3_K_M),
+    ("Q3_K_L", sys::LLAMA_FTYPE_MOSTLY_Q3_K_L),
+    ("IQ4_NL", sys::LLAMA_FTYPE_MOSTLY_IQ4_NL),
+    ("IQ4_XS", sys::LLAMA_FTYPE_MOSTLY_IQ4_XS),
+    ("Q4_K", sys::LLAMA_FTYPE_MOSTLY_Q4_K_M),
+    ("Q4_K_S", sys::LLAMA_FTYPE_MOSTLY_Q4_K_S),
+    ("Q4_K_M", sys::LLAMA_FTYPE_MOSTLY_Q4_K_M),
+    ("Q5_K", sys::LLAMA_FTYPE_MOSTLY_Q5_K_M),
+    ("Q5_K_S", sys::LLAMA_FTYPE_MOSTLY_Q5_K_S),
+    ("Q5_K_M", sys::LLAMA_FTYPE_MOSTLY_Q5_K_M),
+    ("Q6_K", sys::LLAMA_FTYPE_MOSTLY_Q6_K),
+    ("Q8_0", sys::LLAMA_FTYPE_MOSTLY_Q8_0),
+    ("F16", sys::LLAMA_FTYPE_MOSTLY_F16),
+    ("BF16", sys::LLAMA_FTYPE_MOSTLY_BF16),
+    ("F32", sys::LLAMA_FTYPE_ALL_F32),
+];
+
+/// A quantization type, by llama.cpp's name (`Q3_K_S`, `Q4_K_M`, `Q8_0`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantType {
+    name: &'static str,
+    ftype: sys::llama_ftype,
+}
+
+impl QuantType {
+    /// Look a type up by name, in any case.
+    pub fn parse(name: &str) -> Result<QuantType, QuantizeError> {
+        TYPES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.trim()))
+            .map(|&(name, ftype)| QuantType { name, ftype })
+            .ok_or_else(|| QuantizeError::UnknownType {
+                given: name.to_owned(),
+                valid: Self::names().join(", "),
+            })
+    }
+
+    /// llama.cpp's name, upper case (`Q3_K_S`).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Every accepted name.
+    pub fn names() -> Vec<&'static str> {
+        TYPES.iter().map(|(n, _)| *n).collect()
+    }
+}
+
+impl FromStr for QuantType {
+    type Err = QuantizeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        QuantType::parse(s)
+    }
+}
+
+impl std::fmt::Display for QuantType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Errors of quantizing and of manifests.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantizeError {
+    /// Not one of llama.cpp's quantization types.
+    #[error("unknown quantization type `{given}`; valid types: {valid}")]
+    UnknownType {
+        /// What was asked for.
+        given: String,
+        /// The valid names, comma separated.
+        valid: String,
+    },
+    /// The input cannot be read or is not a GGUF model.
+    #[error("cannot quantize {}: {reason}", path.display())]
+    Input {
+        /// The input file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The output cannot be written there.
+    #[error("cannot write {}: {reason}", path.display())]
+    Output {
+        /// The output file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The importance matrix cannot be used.
+    #[error("cannot use the importance matrix {}: {reason}", path.display())]
+    Imatrix {
+        /// The imatrix file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The input holds quantized tensors and requantizing was not allowed.
+    #[error("{} is already quantized ({reason}); allow requantizing (--allow-requantize) to quantize it again, at a loss of quality", path.display())]
+    AlreadyQuantized {
+        /// The input file.
+        path: PathBuf,
+        /// llama.cpp's words.
+        reason: String,
+    },
+    /// The type needs an importance matrix.
+    #[error("{qtype} needs an importance matrix (--imatrix): {reason}")]
+    NeedsImatrix {
+        /// The type.
+        qtype: String,
+        /// llama.cpp's words.
+        reason: String,
+    },
+    /// llama.cpp's quantizer failed.
+    #[error("llama.cpp could not quantize {}: {reason}", path.display())]
+    Quantizer {
+        /// The input file.
+        path: PathBuf,
+        /// llama.cpp's words.
+        reason: String,
+    },
+    /// A release URL that is not http(s).
+    #[error("`{0}` is not an http(s) URL")]
+    Url(String),
+    /// A manifest that cannot be read or used.
+    #[error("manifest {}: {reason}", path.display())]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// llama.cpp's backend did not start.
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// What a quantization is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Hashing the input (for the manifest).
+    HashingInput,
+    /// llama.cpp is quantizing.
+    Quantizing,
+    /// Hashing the output.
+    HashingOutput,
+}
+
+/// The tensor llama.cpp is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorStep {
+    /// 1-based.
+    pub index: u32,
+    /// Tensors in the model.
+    pub count: u32,
+    /// Its name (`blk.3.ffn_up.weight`).
+    pub name: String,
+}
+
+/// Progress of a quantization: bytes of the current phase. While
+/// quantizing, `done` counts the input bytes of the finished tensors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// The phase.
+    pub phase: Phase,
+    /// Bytes done.
+    pub done: u64,
+    /// Bytes in the phase.
+    pub total: u64,
+    /// While quantizing: the tensor being worked on.
+    pub tensor: Option<TensorStep>,
+}
+
+/// What to quantize and how.
+#[derive(Debug, Clone)]
+pub struct QuantizeRequest {
+    /// The GGUF model to quantize (usually F16 or BF16).
+    pub input: PathBuf,
+    /// The file to write; its manifest goes next to it ([`manifest_path`]).
+    pub output: PathBuf,
+    /// The type.
+    pub qtype: QuantType,
+    /// Threads; `None` or 0: all the cores this process may use.
+    pub threads: Option<u32>,
+    /// Importance matrix from `llama-imatrix` (GGUF or the legacy `.dat`).
+    pub imatrix: Option<PathBuf>,
+    /// Quantize tensors that are already quantized.
+    pub allow_requantize: bool,
+    /// Release folder URL: the manifest's URL is this + `/` + the file name.
+    pub url_base: Option<String>,
+}
+
+impl QuantizeRequest {
+    /// A request with the defaults: all cores, no imatrix, no requantizing, no URL.
+    pub fn new(input: impl Into<PathBuf>, output: impl Into<PathBuf>, qtype: QuantType) -> Self {
+        QuantizeRequest {
+            input: input.into(),
+            output: output.into(),
+            qtype,
+            threads: None,
+            imatrix: None,
+            allow_requantize: false,
+            url_base: None,
+        }
+    }
+}
+
+/// The release manifest written next to a quantized model: everything a
+/// model spec needs, and how the file was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The file's name.
+    pub file_name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256, lowercase hex.
+    pub sha256: String,
+    /// llama.cpp's type name (`Q3_K_S`).
+    pub quantization: String,
+    /// The input's file name.
+    pub source_file_name: String,
+    /// The input's size in bytes.
+    pub source_size: u64,
+    /// The input's SHA-256.
+    pub source_sha256: String,
+    /// The importance matrix's SHA-256, when one was used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imatrix_sha256: Option<String>,
+    /// The llama.cpp that quantized it.
+    pub llama_cpp_version: String,
+    /// The download URL, when a URL base was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// The model spec override the guest accepts (`guest/src/spec.rs`): only
+/// the typed facts; the display size and the free-space margin are derived
+/// by the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpecJson {
+    /// Download URL.
+    pub url: String,
+    /// File name in the models folder.
+    pub file_name: String,
+    /// Exact size in bytes.
+    pub size: u64,
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
+}
+
+impl Manifest {
+    /// The model spec for this release, downloaded from `url` (default: the
+    /// manifest's own URL).
+    pub fn spec(&self, url: Option<&str>) -> Result<SpecJson, QuantizeError> {
+        let url = match url.or(self.url.as_deref()) {
+            Some(u) => u.to_owned(),
+            None => {
+                return Err(QuantizeError::Manifest {
+                    path: PathBuf::from(&self.file_name),
+                    reason: "it has no URL: give one, or quantize with a URL base".into(),
+                });
+            }
+        };
+        check_url(&url)?;
+        Ok(SpecJson { url, file_name: self.file_name.clone(), size: self.size, sha256: self.sha256.clone() })
+    }
+
+    /// The spec as the JSON text the guest takes as an override.
+    pub fn spec_json(&self, url: Option<&str>) -> Result<String, QuantizeError> {
+        let spec = self.spec(url)?;
+        serde_json::to_string_pretty(&spec).map_err(|e| QuantizeError::Manifest {
+            path: PathBuf::from(&self.file_name),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// A finished quantization.
+#[derive(Debug, Clone)]
+pub struct Quantized {
+    /// The manifest (also written to `manifest_path`).
+    pub manifest: Manifest,
+    /// The quantized file.
+    pub output: PathBuf,
+    /// Where the manifest was written.
+    pub manifest_path: PathBuf,
+    /// Threads llama.cpp used.
+    pub threads: u32,
+    /// Seconds in llama.cpp's quantizer (without the hashing).
+    pub quantize_s: f64,
+}
+
+/// Where the manifest of `output` goes: `OUTPUT.manifest.json`.
+pub fn manifest_path(output: &Path) -> PathBuf {
+    let mut name = output.file_name().unwrap_or_default().to_os_string();
+    name.push(".manifest.json");
+    output.with_file_name(name)
+}
+
+/// Read a manifest written by [`quantize`].
+pub fn read_manifest(path: &Path) -> Result<Manifest, QuantizeError> {
+    let fail = |reason: String| QuantizeError::Manifest { path: path.to_owned(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let m: Manifest =
+        serde_json::from_str(&text).map_err(|e| fail(format!("not a release manifest: {e}")))?;
+    let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex(&m.sha256) {
+        return Err(fail(format!("sha256 `{}` is not 64 lowercase hex digits", m.sha256)));
+    }
+    if m.size == 0 {
+        return Err(fail("size is 0".into()));
+    }
+    Ok(m)
+}
+
+fn check_url(url: &str) -> Result<(), QuantizeError> {
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.len() > "https://".len()
+        && !url.contains(char::is_whitespace);
+    if ok { Ok(()) } else { Err(QuantizeError::Url(url.to_owned())) }
+}
+
+/// `base/name`, the name percent-encoded where a URL needs it.
+fn release_url(base: &str, name: &str) -> Result<String, QuantizeError> {
+    check_url(base)?;
+    let mut url = base.trim_end_matches('/').to_owned();
+    url.push('/');
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(url)
+}
+
+// ---------------------------------------------------------------------------
+// llama.cpp's log, observed while we use it.
+
+/// What the log hook saw.
+#[derive(Debug)]
+enum LogEvent {
+    /// `[ n/ N] name - …`: the quantizer started on a tensor.
+    Tensor(TensorStep),
+    /// An error line.
+    Error(String),
+}
+
+struct Hook {
+    previous: sys::ggml_log_callback,
+    /// The previous callback's user data (a pointer, kept as an address).
+    previous_data: usize,
+    events: Sender<LogEvent>,
+}
+
+static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
+/// One observer at a time: llama.cpp has one process-wide log callback.
+static CAPTURE: Mutex<()> = Mutex::new(());
+
+/// The log hook, installed until dropped; every line still goes on to the
+/// callback that was there before (the host's `llama::log`).
+struct Capture {
+    events: Receiver<LogEvent>,
+    _only_one: MutexGuard<'static, ()>,
+}
+
+impl Capture {
+    fn start() -> Result<Capture, QuantizeError> {
+        // The host's own log callback first, so we chain in front of it.
+        crate::llama::backend().map_err(|e| QuantizeError::Backend(e.to_string()))?;
+        let only_one = CAPTURE.lock().unwrap_or_else(|e| e.into_inner());
+        let (tx, rx) = channel();
+        let mut previous: sys::ggml_log_callback = None;
+        let mut previous_data: *mut c_void = std::ptr::null_mut();
+        // SAFETY: both out-pointers point to live locals of the right types.
+        unsafe { sys::llama_log_get(&mut previous, &mut previous_data) };
+        *HOOK.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Hook { previous, previous_data: previous_data as usize, events: tx });
+        // SAFETY: `hook` is an `extern "C"` function valid for the whole
+        // process; it ignores its user data.
+        unsafe { sys::llama_log_set(Some(hook), std::ptr::null_mut()) };
+        Ok(Capture { events: rx, _only_one: only_one })
+    }
+
+    /// The error lines logged so far (other events are dropped).
+    fn errors(&self) -> Vec<String> {
+        self.events
+            .try_iter()
+            .filter_map(|e| match e {
+                LogEvent::Error(l) => Some(l),
+                LogEvent::Tensor(_) => None,
+            })
+            .collect()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let hook = HOOK.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = hook {
+            // SAFETY: restores the callback and user data llama.cpp had
+            // before `start`; they were valid then and still are (the host's
+            // callback is a plain function with no user data).
+            unsafe { sys::llama_log_set(h.previous, h.previous_data as *mut c_void) };
+        }
+    }
+}
+
+unsafe extern "C" fn hook(level: sys::ggml_log_level, text: *const c_char, _user: *mut c_void) {
+    let (previous, previous_data) = match HOOK.lock() {
+        Ok(guard) => match guard.as_ref() {
+            Some(h) => {
+                if !text.is_null() {
+                    // SAFETY: llama.cpp passes a NUL-terminated string valid for this call.
+                    let line = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+                    if let Some(event) = parse_log_line(level, &line) {
+                        let _ = h.events.send(event);
+                    }
+                }
+                (h.previous, h.previous_data)
+            }
+            None => (None, 0),
+        },
+        Err(_) => (None, 0),
+    };
+    if let Some(previous) = previous {
+        // SAFETY: the callback llama.cpp had before, called exactly as
+        // llama.cpp would have called it.
+        unsafe { previous(level, text, previous_data as *mut c_void) };
+    }
+}
+
+/// The quantizer's `[   3/ 290]   blk.0.attn_q.weight - [...], type = f16, `
+/// and error lines.
+fn parse_log_line(level: sys::ggml_log_level, line: &str) -> Option<LogEvent> {
+    if level == sys::GGML_LOG_LEVEL_ERROR {
+        let l = line.trim();
+        return (!l.is_empty() && !l.chars().all(|c| c == '=')).then(|| LogEvent::Error(l.to_owned()));
+    }
+    let rest = line.trim_start().strip_prefix('[')?;
+    let (counts, rest) = rest.split_once(']')?;
+    let (index, count) = counts.split_once('/')?;
+    let index = index.trim().parse().ok()?;
+    let count = count.trim().parse().ok()?;
+    let (name, _) = rest.split_once(" - ")?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| LogEvent::Tensor(TensorStep { index, count, name: name.to_owned() }))
+}
+
+/// The part of llama.cpp's error that says why: the last line, without the
+/// function name in front.
+fn reason(errors: &[String], fallback: &str) -> String {
+    let Some(last) = errors.iter().rev().find(|l| !l.starts_with("ERROR:")).or(errors.last()) else {
+        return fallback.to_owned();
+    };
+    let last = last.strip_prefix("llama_model_quantize: failed to quantize: ").unwrap_or(last);
+    match last.split_once(": ") {
+        Some((func, why)) if !func.contains(' ') => why.trim().to_owned(),
+        _ => last.trim().to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// GGUF structure through ggml's own reader.
+
+/// One tensor of a GGUF file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Its name.
+    pub name: String,
+    /// ggml's type name (`f16`, `q3_K`, …).
+    pub type_name: String,
+    /// Whether the type is a quantized one.
+    pub quantized: bool,
+    /// Dimensions, innermost first (ggml's `ne`).
+    pub dims: Vec<i64>,
+    /// Where its data starts in the file.
+    pub offset: u64,
+    /// Its data in bytes.
+    pub size: u64,
+}
+
+/// The structure of a GGUF file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufInfo {
+    /// `general.architecture`, if present.
+    pub architecture: Option<String>,
+    /// The tensors, in file order.
+    pub tensors: Vec<TensorInfo>,
+    /// The file's size.
+    pub file_size: u64,
+}
+
+/// An open `gguf_context` (metadata only).
+struct Gguf(*mut sys::gguf_context);
+
+impl Drop for Gguf {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `gguf_init_from_file` and is freed once.
+        unsafe { sys::gguf_free(self.0) };
+    }
+}
+
+fn c_path(path: &Path) -> Result<CString, String> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| "the path contains a NUL byte".to_owned())
+}
+
+fn c_str(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: ggml returns NUL-terminated strings owned by the context.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+impl Gguf {
+    /// Parse the metadata; the reason from ggml's log on failure.
+    fn open(path: &Path, capture: &Capture) -> Result<Gguf, String> {
+        let cpath = c_path(path)?;
+        let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+        let _ = capture.errors();
+        // SAFETY: a valid C string; `no_alloc` with a null `ctx` reads only
+        // the metadata, returning NULL on any malformed input.
+        let ctx = unsafe { sys::gguf_init_from_file(cpath.as_ptr(), params) };
+        if ctx.is_null() {
+            return Err(reason(&capture.errors(), "not a valid GGUF file"));
+        }
+        Ok(Gguf(ctx))
+    }
+
+    fn key(&self, key: &str) -> Option<i64> {
+        let key = CString::new(key).ok()?;
+        // SAFETY: live context, valid C string.
+        let id = unsafe { sys::gguf_find_key(self.0, key.as_ptr()) };
+        (id >= 0).then_some(id)
+    }
+
+    fn kv_type(&self, id: i64) -> sys::gguf_type {
+        // SAFETY: `id` came from `gguf_find_key` on this context.
+        unsafe { sys::gguf_get_kv_type(self.0, id) }
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        let id = self.key(key)?;
+        // SAFETY: the type is checked before the typed getter (which asserts it).
+        (self.kv_type(id) == sys::GGUF_TYPE_STRING)
+            .then(|| c_str(unsafe { sys::gguf_get_val_str(self.0, id) }))
+    }
+
+    fn u32(&self, key: &str) -> Option<u32> {
+        let id = self.key(key)?;
+        // SAFETY: the type is checked before the typed getter (which asserts it).
+        (self.kv_type(id) == sys::GGUF_TYPE_UINT32).then(|| unsafe { sys::gguf_get_val_u32(self.0, id) })
+    }
+
+    fn strings(&self, key: &str) -> Vec<String> {
+        let Some(id) = self.key(key) else { return Vec::new() };
+        // SAFETY: array and element types are checked before the getters.
+        unsafe {
+            if self.kv_type(id) != sys::GGUF_TYPE_ARRAY
+                || sys::gguf_get_arr_type(self.0, id) != sys::GGUF_TYPE_STRING
+            {
+                return Vec::new();
+            }
+            (0..sys::gguf_get_arr_n(self.0, id))
+                .map(|i| c_str(sys::gguf_get_arr_str(self.0, id, i)))
+                .collect()
+        }
+    }
+
+    fn info(&self, file_size: u64) -> GgufInfo {
+        // SAFETY: live context; tensor ids are in range; `ne` points to
+        // GGML_MAX_DIMS (4) values.
+        unsafe {
+            let data = sys::gguf_get_data_offset(self.0) as u64;
+            let tensors = (0..sys::gguf_get_n_tensors(self.0))
+                .map(|i| {
+                    let ty = sys::gguf_get_tensor_type(self.0, i);
+                    let ne = std::slice::from_raw_parts(sys::gguf_get_tensor_ne(self.0, i), 4);
+                    TensorInfo {
+                        name: c_str(sys::gguf_get_tensor_name(self.0, i)),
+                        type_name: c_str(sys::ggml_type_name(ty)),
+                        quantized: sys::ggml_is_quantized(ty),
+                        dims: ne.to_vec(),
+                        offset: data.saturating_add(sys::gguf_get_tensor_offset(self.0, i) as u64),
+                        size: sys::gguf_get_tensor_size(self.0, i) as u64,
+                    }
+                })
+                .collect();
+            GgufInfo { architecture: self.string("general.architecture"), tensors, file_size }
+        }
+    }
+
+    fn tensor_type(&self, name: &str) -> Option<(sys::ggml_type, u64, u64)> {
+        let cname = CString::new(name).ok()?;
+        // SAFETY: live context, valid C string, id checked.
+        unsafe {
+            let id = sys::gguf_find_tensor(self.0, cname.as_ptr());
+            (id >= 0).then(|| {
+                (
+                    sys::gguf_get_tensor_type(self.0, id),
+                    sys::gguf_get_data_offset(self.0) as u64 + sys::gguf_get_tensor_offset(self.0, id) as u64,
+                    sys::gguf_get_tensor_size(self.0, id) as u64,
+                )
+            })
+        }
+    }
+}
+
+/// Read a GGUF file's structure (no tensor data), checking what llama.cpp
+/// would otherwise find out the hard way: the magic, the metadata, and that
+/// every tensor's data lies inside the file.
+pub fn inspect(path: &Path) -> Result<GgufInfo, QuantizeError> {
+    let capture = Capture::start()?;
+    inspect_with(path, &capture)
+}
+
+fn inspect_with(path: &Path, capture: &Capture) -> Result<GgufInfo, QuantizeError> {
+    let fail = |reason: String| QuantizeError::Input { path: path.to_owned(), reason };
+    check_gguf_header(path).map_err(fail)?;
+    let file_size = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?.len();
+    let gguf = Gguf::open(path, capture).map_err(|r| fail(format!("not a valid GGUF file: {r}")))?;
+    let info = gguf.info(file_size);
+    if let Some(t) = info.tensors.iter().find(|t| t.offset.saturating_add(t.size) > file_size) {
+        return Err(fail(format!(
+            "the file is truncated: tensor `{}` ends at byte {}, the file has {file_size} bytes",
+            t.name,
+            t.offset.saturating_add(t.size)
+        )));
+    }
+    Ok(info)
+}
+
+// ---------------------------------------------------------------------------
+// Importance matrices.
+
+/// An importance matrix as llama.cpp's quantizer takes it.
+struct Imatrix {
+    /// Per tensor: the mean squared activation of each column.
+    entries: Vec<(CString, Vec<f32>)>,
+    datasets: Vec<String>,
+    chunks: u32,
+}
+
+/// Load an imatrix the way `llama-quantize` does: the GGUF format
+/// (`NAME.in_sum2` / `NAME.counts`), else the legacy `.dat` format.
+fn load_imatrix(path: &Path, capture: &Capture) -> Result<Imatrix, QuantizeError> {
+    let fail = |reason: String| QuantizeError::Imatrix { path: path.to_owned(), reason };
+    let mut file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut magic = [0u8; 4];
+    let is_gguf = file.read_exact(&mut magic).is_ok() && &magic == b"GGUF";
+    file.seek(SeekFrom::Start(0)).map_err(|e| fail(e.to_string()))?;
+    let imatrix = if is_gguf { imatrix_gguf(path, &mut file, capture) } else { imatrix_legacy(&mut file) };
+    let imatrix = imatrix.map_err(fail)?;
+    if imatrix.entries.is_empty() {
+        return Err(fail("it holds no entries".into()));
+    }
+    if let Some((name, _)) = imatrix.entries.iter().find(|(_, v)| v.iter().any(|x| !x.is_finite())) {
+        return Err(fail(format!("entry `{}` holds a value that is not finite", name.to_string_lossy())));
+    }
+    Ok(imatrix)
+}
+
+fn read_f32s(file: &mut std::fs::File, offset: u64, count: usize) -> Result<Vec<f32>, String> {
+    let mut bytes = vec![0u8; count * 4];
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(|e| e.to_string())?;
+    Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+fn imatrix_gguf(path: &Path, file: &mut std::fs::File, capture: &Capture) -> Result<Imatrix, String> {
+    let gguf = Gguf::open(path, capture)?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    let info = gguf.info(size);
+    if gguf.key("imatrix.datasets").is_none()
+        || gguf.key("imatrix.chunk_count").is_none()
+        || gguf.key("imatrix.chunk_size").is_none()
+    {
+        return Err("a GGUF imatrix without its metadata (imatrix.datasets, chunk_count, chunk_size)".into());
+    }
+    let mut entries = Vec::new();
+    for t in &info.tensors {
+        let Some(name) = t.name.strip_suffix(".in_sum2") else { continue };
+        let counts_name = format!("{name}.counts");
+        let (Some(sums), Some(counts)) = (gguf.tensor_type(&t.name), gguf.tensor_type(&counts_name)) else {
+            return Err(format!("`{name}` has sums but no counts"));
+        };
+        if sums.0 != sys::GGML_TYPE_F32 || counts.0 != sys::GGML_TYPE_F32 {
+            return Err(format!("sums and counts of `{name}` must be F32"));
+        }
+        if sums.1 + sums.2 > size || counts.1 + counts.2 > size {
+            return Err(format!("the file is truncated inside `{name}`"));
+        }
+        let sums = read_f32s(file, sums.1, (sums.2 / 4) as usize)?;
+        let counts = read_f32s(file, counts.1, (counts.2 / 4) as usize)?;
+        if counts.is_empty() || sums.is_empty() || sums.len() % counts.len() != 0 {
+            return Err(format!("`{name}`: {} sums do not split into {} counts", sums.len(), counts.len()));
+        }
+        let per = sums.len() / counts.len();
+        let values = sums
+            .chunks(per)
+            .zip(&counts)
+            .flat_map(|(row, &c)| {
+                let c = c.round();
+                row.iter().map(move |&s| if c > 0.0 { s / c } else { 1.0 })
+            })
+            .collect();
+        entries.push((CString::new(name).map_err(|e| e.to_string())?, values));
+    }
+    let chunks = gguf.u32("imatrix.chunk_count").unwrap_or(0);
+    Ok(Imatrix { entries, datasets: gguf.strings("imatrix.datasets"), chunks })
+}
+
+fn imatrix_legacy(file: &mut std::fs::File) -> Result<Imatrix, String> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    let mut at = 0usize;
+    let i32_at = |at: &mut usize| -> Option<i32> {
+        let b = bytes.get(*at..*at + 4)?;
+        *at += 4;
+        Some(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let bad = || "neither a GGUF imatrix nor a legacy imatrix.dat".to_owned();
+    let n = i32_at(&mut at).filter(|&n| n >= 1).ok_or_else(bad)?;
+    let mut entries = Vec::new();
+    for _ in 0..n {
+        let len = i32_at(&mut at).and_then(|l| usize::try_from(l).ok()).ok_or_else(bad)?;
+        let name = bytes.get(at..at + len).ok_or_else(bad)?.to_vec();
+        at += len;
+        let ncall = i32_at(&mut at).ok_or_else(bad)?;
+        let nval =
+            i32_at(&mut at).and_then(|v| usize::try_from(v).ok()).filter(|&v| v >= 1).ok_or_else(bad)?;
+        let data = bytes.get(at..at + nval * 4).ok_or_else(bad)?;
+        at += nval * 4;
+        let values = data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .map(|s| if ncall > 0 { s / ncall as f32 } else { s })
+            .collect();
+        let name = CString::new(name.split(|&b| b == 0).next().unwrap_or_default()).map_err(|_| bad())?;
+        entries.push((name, values));
+    }
+    // Optional trailer: chunk count, then the dataset name.
+    let chunks = i32_at(&mut at).unwrap_or(0).max(0) as u32;
+    let mut datasets = Vec::new();
+    if let Some(len) = i32_at(&mut at).and_then(|l| usize::try_from(l).ok()).filter(|&l| l > 0) {
+        if let Some(d) = bytes.get(at..at + len) {
+            datasets.push(String::from_utf8_lossy(d).into_owned());
+        }
+    }
+    Ok(Imatrix { entries, datasets, chunks })
+}
+
+/// A metadata override as `llama-quantize` records its imatrix.
+fn kv_override(key: &str, value: KvValue) -> sys::llama_model_kv_override {
+    // SAFETY: the struct is plain data (integers, char arrays, a union of
+    // those); all-zero is a valid value of it.
+    let mut o: sys::llama_model_kv_override = unsafe { std::mem::zeroed() };
+    copy_c(&mut o.key, key);
+    match value {
+        KvValue::Str(s) => {
+            o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_STR;
+            // SAFETY: writing the union's string member, which the tag selects.
+            copy_c(unsafe { &mut o.__bindgen_anon_1.val_str }, s);
+        }
+        KvValue::Int(i) => {
+            o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_INT;
+            o.__bindgen_anon_1.val_i64 = i;
+        }
+    }
+    o
+}
+
+enum KvValue<'a> {
+    Str(&'a str),
+    Int(i64),
+}
+
+/// Copy into a fixed C buffer, truncated, NUL-terminated.
+fn copy_c(dst: &mut [c_char; 128], src: &str) {
+    let bytes = src.as_bytes();
+    let n = bytes.len().min(dst.len() - 1);
+    for (d, &s) in dst.iter_mut().zip(&bytes[..n]) {
+        *d = s as c_char;
+    }
+    dst[n] = 0;
+}
+
+// ---------------------------------------------------------------------------
+// The quantization.
+
+/// Files removed when dropped unless kept: a failure leaves nothing behind.
+struct Scratch(Vec<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Where the output goes, checked before any work is done.
+struct Target {
+    output: PathBuf,
+    file_name: String,
+    folder: PathBuf,
+    temp: PathBuf,
+    manifest: PathBuf,
+    manifest_temp: PathBuf,
+}
+
+fn target(input: &Path, output: &Path) -> Result<Target, QuantizeError> {
+    let fail = |reason: String| QuantizeError::Output { path: output.to_owned(), reason };
+    let Some(name) = output.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+        return Err(fail("not a file name (or not UTF-8)".into()));
+    };
+    let folder = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    match std::fs::metadata(&folder) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(fail(format!("{} is not a folder", folder.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(fail(format!("the folder {} does not exist", folder.display())));
+        }
+        Err(e) => return Err(fail(format!("{}: {e}", folder.display()))),
+    }
+    if output.is_dir() {
+        return Err(fail("it is a folder".into()));
+    }
+    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
+        if a == b {
+            return Err(fail("it is the input file".into()));
+        }
+    }
+    let manifest = manifest_path(output);
+    Ok(Target {
+        output: output.to_owned(),
+        temp: folder.join(format!(".{name}.quantizing")),
+        manifest_temp: folder
+            .join(format!(".{}.tmp", manifest.file_name().unwrap_or_default().to_string_lossy())),
+        manifest,
+        file_name: name,
+        folder,
+    })
+}
+
+fn hash(path: &Path, phase: Phase, progress: &mut impl FnMut(&Progress)) -> Result<String, HashError> {
+    let mut last = Instant::now() - Duration::from_secs(1);
+    hash_file(path, |done, total| {
+        if last.elapsed() >= Duration::from_millis(100) || done == total {
+            last = Instant::now();
+            progress(&Progress { phase, done, total, tensor: None });
+        }
+        true
+    })
+}
+
+/// The parameters of one `llama_model_quantize` call, owned.
+struct Call {
+    input: CString,
+    output: CString,
+    ftype: sys::llama_ftype,
+    threads: u32,
+    allow_requantize: bool,
+    imatrix: Option<Imatrix>,
+    overrides: Vec<sys::llama_model_kv_override>,
+}
+
+impl Call {
+    /// Run llama.cpp's quantizer; 0 is success.
+    fn run(&self) -> u32 {
+        let imatrix: Option<Vec<sys::llama_model_imatrix_data>> = self.imatrix.as_ref().map(|m| {
+            m.entries
+                .iter()
+                .map(|(name, values)| sys::llama_model_imatrix_data {
+                    name: name.as_ptr(),
+                    data: values.as_ptr(),
+                    size: values.len(),
+                })
+                .chain(std::iter::once(sys::llama_model_imatrix_data {
+                    name: std::ptr::null(),
+                    data: std::ptr::null(),
+                    size: 0,
+                }))
+                .collect()
+        });
+        // SAFETY: returns a plain struct by value.
+        let mut params = unsafe { sys::llama_model_quantize_default_params() };
+        params.nthread = self.threads as i32;
+        params.ftype = self.ftype;
+        params.allow_requantize = self.allow_requantize;
+        if let Some(m) = &imatrix {
+            params.imatrix = m.as_ptr();
+        }
+        if !self.overrides.is_empty() {
+            params.kv_overrides = self.overrides.as_ptr();
+        }
+        // SAFETY: the paths are valid C strings; the imatrix array ends with
+        // a null name and the override list with an empty key (llama.cpp's
+        // terminators), and both outlive the call. llama.cpp catches its own
+        // exceptions and returns non-zero.
+        unsafe { sys::llama_model_quantize(self.input.as_ptr(), self.output.as_ptr(), &params) }
+    }
+}
+
+/// Quantize `request.input` into `request.output` with llama.cpp's
+/// quantizer, then hash the result and write its release manifest next to
+/// it. `progress` is called on this thread, a few times a second at most
+/// while hashing and once per tensor while quantizing. Only one
+/// quantization runs at a time in a process (llama.cpp has one log).
+pub fn quantize(
+    request: &QuantizeRequest,
+    mut progress: impl FnMut(&Progress),
+) -> Result<Quantized, QuantizeError> {
+    let input = request.input.as_path();
+    let input_fail = |reason: String| QuantizeError::Input { path: input.to_owned(), reason };
+    let output_fail = |reason: String| QuantizeError::Output { path: request.output.clone(), reason };
+
+    // Everything that can be checked cheaply, before any long work.
+    let capture = Capture::start()?;
+    let info = inspect_with(input, &capture)?;
+    if info.tensors.is_empty() {
+        return Err(input_fail("it holds no tensors".into()));
+    }
+    if info.architecture.is_none() {
+        return Err(input_fail("it has no `general.architecture`: not a llama.cpp model".into()));
+    }
+    let target = target(input, &request.output)?;
+    let url = request.url_base.as_deref().map(|b| release_url(b, &target.file_name)).transpose()?;
+    let imatrix = request.imatrix.as_deref().map(|p| load_imatrix(p, &capture)).transpose()?;
+    let threads = match request.threads {
+        Some(n) if n > 0 => n,
+        _ => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+    };
+    // Claim the temporary file now: an unwritable folder fails here, not
+    // after an hour of work.
+    let mut scratch = Scratch(vec![target.temp.clone()]);
+    std::fs::File::create(&target.temp)
+        .map_err(|e| output_fail(format!("{}: {e}", target.temp.display())))?;
+
+    progress(&Progress { phase: Phase::HashingInput, done: 0, total: info.file_size, tensor: None });
+    let source_sha256 =
+        hash(input, Phase::HashingInput, &mut progress).map_err(|e| input_fail(e.to_string()))?;
+    let imatrix_sha256 = match &request.imatrix {
+        Some(p) => Some(
+            hash_file(p, |_, _| true)
+                .map_err(|e| QuantizeError::Imatrix { path: p.clone(), reason: e.to_string() })?,
+        ),
+        None => None,
+    };
+
+    let mut overrides = Vec::new();
+    if let (Some(m), Some(path)) = (&imatrix, &request.imatrix) {
+        // What `llama-quantize` records (the file by name, not by local path).
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        overrides.push(kv_override("quantize.imatrix.file", KvValue::Str(&name)));
+        if let Some(d) = m.datasets.first() {
+            overrides.push(kv_override("quantize.imatrix.dataset", KvValue::Str(d)));
+        }
+        overrides.push(kv_override("quantize.imatrix.entries_count", KvValue::Int(m.entries.len() as i64)));
+        if m.chunks > 0 {
+            overrides.push(kv_override("quantize.imatrix.chunks_count", KvValue::Int(i64::from(m.chunks))));
+        }
+        // SAFETY: see `kv_override`; an all-zero entry (empty key) ends the list.
+        overrides.push(unsafe { std::mem::zeroed() });
+    }
+    let call = Call {
+        input: c_path(input).map_err(input_fail)?,
+        output: c_path(&target.temp).map_err(output_fail)?,
+        ftype: request.qtype.ftype,
+        threads,
+        allow_requantize: request.allow_requantize,
+        imatrix,
+        overrides,
+    };
+
+    // The quantizer blocks; it runs on its own thread while this one turns
+    // its log lines into progress.
+    let sizes: HashMap<&str, u64> = info.tensors.iter().map(|t| (t.name.as_str(), t.size)).collect();
+    let total: u64 = info.tensors.iter().map(|t| t.size).sum();
+    let mut done = 0u64;
+    let mut current: Option<TensorStep> = None;
+    let mut errors = Vec::new();
+    let started = Instant::now();
+    progress(&Progress { phase: Phase::Quantizing, done, total, tensor: None });
+    let status = std::thread::scope(|s| {
+        let worker = s.spawn(|| call.run());
+        loop {
+            let finished = worker.is_finished();
+            for event in capture.events.try_iter() {
+                match event {
+                    LogEvent::Tensor(step) => {
+                        if let Some(prev) = current.take() {
+                            done += sizes.get(prev.name.as_str()).copied().unwrap_or(0);
+                        }
+                        progress(&Progress {
+                            phase: Phase::Quantizing,
+                            done,
+                            total,
+                            tensor: Some(step.clone()),
+                        });
+                        current = Some(step);
+                    }
+                    LogEvent::Error(line) => errors.push(line),
+                }
+            }
+            if finished {
+                break worker.join();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .map_err(|_| QuantizeError::Quantizer {
+        path: input.to_owned(),
+        reason: "the quantizer thread panicked".into(),
+    })?;
+    let quantize_s = started.elapsed().as_secs_f64();
+    drop(capture);
+    if status != 0 {
+        let why = reason(&errors, "it gave no reason");
+        return Err(if why.contains("requantizing from type") {
+            QuantizeError::AlreadyQuantized { path: input.to_owned(), reason: why }
+        } else if why.contains("requires an imatrix") || why.contains("importance matrix") {
+            QuantizeError::NeedsImatrix { qtype: request.qtype.name.to_owned(), reason: why }
+        } else {
+            QuantizeError::Quantizer { path: input.to_owned(), reason: why }
+        });
+    }
+    progress(&Progress { phase: Phase::Quantizing, done: total, total, tensor: None });
+
+    // Durable before it is published.
+    let io = |e: std::io::Error| output_fail(e.to_string());
+    std::fs::File::open(&target.temp).and_then(|f| f.sync_all()).map_err(io)?;
+    let sha256 =
+        hash(&target.temp, Phase::HashingOutput, &mut progress).map_err(|e| output_fail(e.to_string()))?;
+    let size = std::fs::metadata(&target.temp).map_err(io)?.len();
+    let manifest = Manifest {
+        file_name: target.file_name.clone(),
+        size,
+        sha256,
+        quantization: request.qtype.name.to_owned(),
+        source_file_name: input.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+        source_size: info.file_size,
+        source_sha256,
+        imatrix_sha256,
+        llama_cpp_version: LLAMA_CPP_VERSION.to_owned(),
+        url,
+    };
+    let json = serde_json::to_string_pretty(&manifest).map_err(|e| output_fail(e.to_string()))?;
+    scratch.0.push(target.manifest_temp.clone());
+    let write_manifest = |path: &Path| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(path)?;
+        f.write_all(json.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()
+    };
+    write_manifest(&target.manifest_temp)
+        .map_err(|e| output_fail(format!("{}: {e}", target.manifest.display())))?;
+
+    std::fs::rename(&target.temp, &target.output).map_err(io)?;
+    scratch.0 = vec![target.manifest_temp.clone(), target.output.clone()];
+    std::fs::rename(&target.manifest_temp, &target.manifest).map_err(io)?;
+    scratch.0.clear();
+    if let Ok(dir) = std::fs::File::open(&target.folder) {
+        let _ = dir.sync_all();
+    }
+    Ok(Quantized { manifest, output: target.output, manifest_path: target.manifest, threads, quantize_s })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_are_llama_cpps_in_any_case() {
+        assert_eq!(QuantType::parse("q3_k_s").unwrap().ftype, sys::LLAMA_FTYPE_MOSTLY_Q3_K_S);
+        assert_eq!(QuantType::parse("Q4_K").unwrap().ftype, sys::LLAMA_FTYPE_MOSTLY_Q4_K_M);
+        assert_eq!("bf16".parse::<QuantType>().unwrap().name(), "BF16");
+        let err = QuantType::parse("Q3_K_XL").unwrap_err().to_string();
+        assert!(err.contains("`Q3_K_XL`") && err.contains("Q3_K_S, Q3_K_M") && err.contains("F16"), "{err}");
+    }
+
+    #[test]
+    fn quantizer_log_lines() {
+        let line =
+            "[  12/ 290]                blk.1.ffn_up.weight - [ 2048, 11008,     1,     1], type =    f16, ";
+        match parse_log_line(sys::GGML_LOG_LEVEL_INFO, line) {
+            Some(LogEvent::Tensor(t)) => {
+                assert_eq!(t, TensorStep { index: 12, count: 290, name: "blk.1.ffn_up.weight".into() })
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_log_line(sys::GGML_LOG_LEVEL_INFO, "converting to q3_K .. ").is_none());
+        assert!(parse_log_line(sys::GGML_LOG_LEVEL_INFO, "[x] not - a tensor").is_none());
+        let errors = vec![
+            "llama_model_quantize: failed to quantize: requantizing from type q3_K is disabled".to_owned(),
+        ];
+        assert_eq!(reason(&errors, "-"), "requantizing from type q3_K is disabled");
+        let errors = vec!["gguf_init_from_file_impl: failed to read tensor info".to_owned()];
+        assert_eq!(reason(&errors, "-"), "failed to read tensor info");
+        assert_eq!(reason(&[], "none"), "none");
+    }
+
+    #[test]
+    fn urls_and_manifest_paths() {
+        assert_eq!(
+            release_url("https://example.org/rel/", "tiny aya+q3.gguf").unwrap(),
+            "https://example.org/rel/tiny%20aya%2Bq3.gguf"
+        );
+        assert!(matches!(release_url("ftp://x", "a.gguf"), Err(QuantizeError::Url(_))));
+        assert_eq!(manifest_path(Path::new("/m/q.gguf")), Path::new("/m/q.gguf.manifest.json"));
+        let m = Manifest {
+            file_name: "q.gguf".into(),
+            size: 5,
+            sha256: "ab".repeat(32),
+            quantization: "Q3_K_S".into(),
+            source_file_name: "f.gguf".into(),
+            source_size: 9,
+            source_sha256: "cd".repeat(32),
+            imatrix_sha256: None,
+            llama_cpp_version: "x".into(),
+            url: None,
+        };
+        assert!(matches!(m.spec(None), Err(QuantizeError::Manifest { .. })));
+        let spec: serde_json::Value =
+            serde_json::from_str(&m.spec_json(Some("http://h/q.gguf")).unwrap()).unwrap();
+        assert_eq!(
+            spec,
+            serde_json::json!({"url": "http://h/q.gguf", "file_name": "q.gguf", "size": 5, "sha256": "ab".repeat(32)})
+        );
+    }
+
+    #[test]
+    fn legacy_imatrix_values_are_means() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.dat");
+        let mut b = Vec::new();
+        b.extend(1i32.to_le_bytes());
+        b.extend(3i32.to_le_bytes());
+        b.extend(b"w.x");
+        b.extend(2i32.to_le_bytes()); // ncall
+        b.extend(2i32.to_le_bytes()); // nval
+        b.extend(4f32.to_le_bytes());
+        b.extend(8f32.to_le_bytes());
+        b.extend(7i32.to_le_bytes()); // chunks
+        b.extend(2i32.to_le_bytes());
+        b.extend(b"ds");
+        std::fs::write(&p, &b).unwrap();
+        let m = imatrix_legacy(&mut std::fs::File::open(&p).unwrap()).unwrap();
+        assert_eq!(m.entries, vec![(CString::new("w.x").unwrap(), vec![2.0, 4.0])]);
+        assert_eq!((m.chunks, m.datasets), (7, vec!["ds".to_owned()]));
+        std::fs::write(&p, &b[..10]).unwrap();
+        assert!(imatrix_legacy(&mut std::fs::File::open(&p).unwrap()).is_err());
+    }
+}
