@@ -181,6 +181,9 @@ pub enum QuantizeError {
     /// A release URL that is not http(s).
     #[error("`{0}` is not an http(s) URL")]
     Url(String),
+    /// A spec needs a download URL and none was given or recorded.
+    #[error("no download URL for {0}: give one (spec --url), or quantize with --url-base")]
+    NoUrl(String),
     /// A manifest that cannot be read or used.
     #[error("manifest {}: {reason}", path.display())]
     Manifest {
@@ -313,12 +316,7 @@ impl Manifest {
     pub fn spec(&self, url: Option<&str>) -> Result<SpecJson, QuantizeError> {
         let url = match url.or(self.url.as_deref()) {
             Some(u) => u.to_owned(),
-            None => {
-                return Err(QuantizeError::Manifest {
-                    path: PathBuf::from(&self.file_name),
-                    reason: "it has no URL: give one, or quantize with a URL base".into(),
-                });
-            }
+            None => return Err(QuantizeError::NoUrl(self.file_name.clone())),
         };
         check_url(&url)?;
         Ok(SpecJson { url, file_name: self.file_name.clone(), size: self.size, sha256: self.sha256.clone() })
@@ -406,19 +404,21 @@ enum LogEvent {
     Error(String),
 }
 
-struct Hook {
-    previous: sys::ggml_log_callback,
-    /// The previous callback's user data (a pointer, kept as an address).
-    previous_data: usize,
-    events: Sender<LogEvent>,
-}
+/// The shape of llama.cpp's log callback.
+type LogFn = unsafe extern "C" fn(sys::ggml_log_level, *const c_char, *mut c_void);
 
-static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
-/// One observer at a time: llama.cpp has one process-wide log callback.
+/// Where the hook sends what it sees, while a capture runs.
+static EVENTS: Mutex<Option<Sender<LogEvent>>> = Mutex::new(None);
+/// The callback (and its user data, as an address) every line is passed on
+/// to: the one llama.cpp had before the hook, i.e. the host's `llama::log`.
+/// It stays set after a capture, so a line another thread logs while the
+/// hook is being removed still gets there.
+static FORWARD: Mutex<(sys::ggml_log_callback, usize)> = Mutex::new((None, 0));
+/// One capture at a time: llama.cpp has one process-wide log callback.
 static CAPTURE: Mutex<()> = Mutex::new(());
 
 /// The log hook, installed until dropped; every line still goes on to the
-/// callback that was there before (the host's `llama::log`).
+/// callback that was there before.
 struct Capture {
     events: Receiver<LogEvent>,
     _only_one: MutexGuard<'static, ()>,
@@ -429,13 +429,16 @@ impl Capture {
         // The host's own log callback first, so we chain in front of it.
         crate::llama::backend().map_err(|e| QuantizeError::Backend(e.to_string()))?;
         let only_one = CAPTURE.lock().unwrap_or_else(|e| e.into_inner());
-        let (tx, rx) = channel();
         let mut previous: sys::ggml_log_callback = None;
         let mut previous_data: *mut c_void = std::ptr::null_mut();
         // SAFETY: both out-pointers point to live locals of the right types.
         unsafe { sys::llama_log_get(&mut previous, &mut previous_data) };
-        *HOOK.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Hook { previous, previous_data: previous_data as usize, events: tx });
+        let ours = previous.is_some_and(|f| std::ptr::fn_addr_eq(f, hook as LogFn));
+        if !ours {
+            *FORWARD.lock().unwrap_or_else(|e| e.into_inner()) = (previous, previous_data as usize);
+        }
+        let (tx, rx) = channel();
+        *EVENTS.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         // SAFETY: `hook` is an `extern "C"` function valid for the whole
         // process; it ignores its user data.
         unsafe { sys::llama_log_set(Some(hook), std::ptr::null_mut()) };
@@ -456,37 +459,34 @@ impl Capture {
 
 impl Drop for Capture {
     fn drop(&mut self) {
-        let hook = HOOK.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = hook {
-            // SAFETY: restores the callback and user data llama.cpp had
-            // before `start`; they were valid then and still are (the host's
-            // callback is a plain function with no user data).
-            unsafe { sys::llama_log_set(h.previous, h.previous_data as *mut c_void) };
-        }
+        let (previous, data) = *FORWARD.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: restores the callback and user data llama.cpp had before
+        // the hook; they were valid then and still are (the host's callback
+        // is a plain function that ignores its user data).
+        unsafe { sys::llama_log_set(previous, data as *mut c_void) };
+        *EVENTS.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
 unsafe extern "C" fn hook(level: sys::ggml_log_level, text: *const c_char, _user: *mut c_void) {
-    let (previous, previous_data) = match HOOK.lock() {
-        Ok(guard) => match guard.as_ref() {
-            Some(h) => {
-                if !text.is_null() {
-                    // SAFETY: llama.cpp passes a NUL-terminated string valid for this call.
-                    let line = unsafe { CStr::from_ptr(text) }.to_string_lossy();
-                    if let Some(event) = parse_log_line(level, &line) {
-                        let _ = h.events.send(event);
-                    }
-                }
-                (h.previous, h.previous_data)
-            }
-            None => (None, 0),
-        },
+    if !text.is_null()
+        && let Ok(events) = EVENTS.lock()
+        && let Some(events) = events.as_ref()
+    {
+        // SAFETY: llama.cpp passes a NUL-terminated string valid for this call.
+        let line = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+        if let Some(event) = parse_log_line(level, &line) {
+            let _ = events.send(event);
+        }
+    }
+    let (previous, data) = match FORWARD.lock() {
+        Ok(f) => *f,
         Err(_) => (None, 0),
     };
     if let Some(previous) = previous {
         // SAFETY: the callback llama.cpp had before, called exactly as
         // llama.cpp would have called it.
-        unsafe { previous(level, text, previous_data as *mut c_void) };
+        unsafe { previous(level, text, data as *mut c_void) };
     }
 }
 
@@ -805,10 +805,10 @@ fn imatrix_legacy(file: &mut std::fs::File) -> Result<Imatrix, String> {
     // Optional trailer: chunk count, then the dataset name.
     let chunks = i32_at(&mut at).unwrap_or(0).max(0) as u32;
     let mut datasets = Vec::new();
-    if let Some(len) = i32_at(&mut at).and_then(|l| usize::try_from(l).ok()).filter(|&l| l > 0) {
-        if let Some(d) = bytes.get(at..at + len) {
-            datasets.push(String::from_utf8_lossy(d).into_owned());
-        }
+    if let Some(len) = i32_at(&mut at).and_then(|l| usize::try_from(l).ok()).filter(|&l| l > 0)
+        && let Some(d) = bytes.get(at..at + len)
+    {
+        datasets.push(String::from_utf8_lossy(d).into_owned());
     }
     Ok(Imatrix { entries, datasets, chunks })
 }
@@ -892,10 +892,10 @@ fn target(input: &Path, output: &Path) -> Result<Target, QuantizeError> {
     if output.is_dir() {
         return Err(fail("it is a folder".into()));
     }
-    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
-        if a == b {
-            return Err(fail("it is the input file".into()));
-        }
+    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize())
+        && a == b
+    {
+        return Err(fail("it is the input file".into()));
     }
     let manifest = manifest_path(output);
     Ok(Target {
@@ -1046,6 +1046,7 @@ pub fn quantize(
     let mut done = 0u64;
     let mut current: Option<TensorStep> = None;
     let mut errors = Vec::new();
+    let _ = capture.errors(); // anything other threads logged meanwhile
     let started = Instant::now();
     progress(&Progress { phase: Phase::Quantizing, done, total, tensor: None });
     let status = std::thread::scope(|s| {
@@ -1186,7 +1187,7 @@ mod tests {
             llama_cpp_version: "x".into(),
             url: None,
         };
-        assert!(matches!(m.spec(None), Err(QuantizeError::Manifest { .. })));
+        assert_eq!(m.spec(None), Err(QuantizeError::NoUrl("q.gguf".into())));
         let spec: serde_json::Value =
             serde_json::from_str(&m.spec_json(Some("http://h/q.gguf")).unwrap()).unwrap();
         assert_eq!(

@@ -253,7 +253,7 @@ fn an_importance_matrix_in_either_format_is_used() {
     let info = inspect(&tiny_f16()).unwrap();
     let matrices: Vec<(String, i64)> =
         info.tensors.iter().filter(|t| t.dims[1] > 1).map(|t| (t.name.clone(), t.dims[0])).collect();
-    let calls = 2;
+    let calls = 2i32;
     // Legacy imatrix.dat: count, then per entry name, ncall, nval, sums;
     // then the chunk count and the dataset name.
     let mut dat = Vec::new();

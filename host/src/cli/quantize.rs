@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use indicatif::{DecimalBytes, ProgressBar, ProgressStyle};
 
 use bittybot_host::quantize::{self, Phase, Progress, QuantType, QuantizeRequest};
 
@@ -58,10 +58,13 @@ pub struct SpecArgs {
 fn bar() -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:32}] {bytes}/{total_bytes} {elapsed_precise} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>11} [{bar:32}] {bytes}/{total_bytes} {elapsed_precise} {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
+    bar.set_prefix("checking");
     bar.enable_steady_tick(Duration::from_millis(250));
     bar
 }
@@ -98,11 +101,11 @@ pub fn quantize(args: &QuantizeArgs) -> Result<()> {
     eprintln!(
         "{}: {} ({} bytes, {}) from {} ({}), {:.1} s quantizing on {} threads, {:.1} s in all",
         done.output.display(),
-        HumanBytes(m.size),
+        DecimalBytes(m.size),
         m.size,
         m.quantization,
         m.source_file_name,
-        HumanBytes(m.source_size),
+        DecimalBytes(m.source_size),
         done.quantize_s,
         done.threads,
         started.elapsed().as_secs_f64()
@@ -124,7 +127,7 @@ pub fn spec(ctx: &CliContext, args: &SpecArgs) -> Result<()> {
         s.file_name,
         s.display_size,
         manifest.quantization,
-        HumanBytes(s.free_space_needed),
+        DecimalBytes(s.free_space_needed),
         s.url
     );
     Ok(())
