@@ -13,9 +13,10 @@ fn main() {
     let manifest =
         PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest.parent().expect("host/ is inside the workspace").to_path_buf();
-    for p in ["guest/src", "guest/templates", "guest/Cargo.toml", "wit", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", root.join(p).display());
-    }
+    build_support::rerun_if_changed(
+        &root,
+        &["guest/src", "guest/templates", "guest/Cargo.toml", "wit", "Cargo.lock"],
+    );
 
     let wasm = build_support::build_guest(&root, &[]);
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -8,6 +8,22 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Ask cargo to rerun the build script when any file under these paths
+/// changes (each file named, not just the folders).
+pub fn rerun_if_changed(root: &Path, paths: &[&str]) {
+    fn walk(p: &Path) {
+        println!("cargo:rerun-if-changed={}", p.display());
+        if let Ok(entries) = std::fs::read_dir(p) {
+            for e in entries.flatten() {
+                walk(&e.path());
+            }
+        }
+    }
+    for p in paths {
+        walk(&root.join(p));
+    }
+}
+
 /// Build the guest with extra cargo arguments (e.g. features); returns the `.wasm`.
 pub fn build_guest(root: &Path, extra: &[&str]) -> PathBuf {
     let target_dir = root.join("target").join(if extra.is_empty() {

@@ -108,4 +108,9 @@ pub trait Engine {
     fn sampler(&self, config: &SamplerConfig) -> Self::Sampler;
     /// Whether the app asked to cancel.
     fn cancel_requested(&self) -> bool;
+    /// Fraction of the model file's pages in memory, when known.
+    fn residency(&self) -> Option<f32>;
+    /// Bring the model's pages back into memory (joining a background warmup
+    /// if one runs); returns the milliseconds it took.
+    fn warm_up(&self) -> Result<f64, EngineError>;
 }

@@ -12,6 +12,7 @@ pub mod context;
 pub mod device;
 pub mod engine;
 pub mod filter;
+pub mod memfit;
 pub mod prompts;
 pub mod session;
 pub mod settings;
@@ -36,8 +37,6 @@ use template::Role;
 
 /// Sessions per model: one chat and one translation conversation.
 const SEQUENCES: u32 = 2;
-/// Default context per session, when the device policy has nothing better.
-const DEFAULT_N_CTX: u32 = 2048;
 /// Default logical batch.
 const DEFAULT_N_BATCH: u32 = 512;
 
@@ -111,11 +110,56 @@ impl Engine for HostEngine {
     fn cancel_requested(&self) -> bool {
         platform::cancel_requested()
     }
+    fn residency(&self) -> Option<f32> {
+        let source = STATE.with(|s| s.borrow().loaded.as_ref().map(|l| l.source.clone()))?;
+        files::residency(&source).ok()
+    }
+    fn warm_up(&self) -> Result<f64, EngineError> {
+        let started = std::time::Instant::now();
+        // Join a warmup still running (after load, or from `prepare`); a
+        // finished one says nothing about the pages now.
+        let running = STATE
+            .with(|s| s.borrow_mut().warmup.take())
+            .filter(|w| matches!(w.wait(0), Ok(files::WarmupState::Running(_))));
+        let job = running.or_else(start_warmup);
+        let Some(job) = job else { return Ok(0.0) };
+        loop {
+            if platform::cancel_requested() {
+                job.cancel();
+                return Err(EngineError::Cancelled);
+            }
+            match job.wait(250) {
+                Ok(files::WarmupState::Running(_)) => continue,
+                Ok(files::WarmupState::Done(_)) => break,
+                Err(files::FileError::Cancelled) => return Err(EngineError::Cancelled),
+                Err(files::FileError::NotFound(m) | files::FileError::Io(m)) => {
+                    return Err(EngineError::Failed(format!("warmup: {m}")));
+                }
+            }
+        }
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    }
+}
+
+/// Start a background warmup of the loaded model.
+fn start_warmup() -> Option<files::Warmup> {
+    let source = STATE.with(|s| s.borrow().loaded.as_ref().map(|l| l.source.clone()))?;
+    Some(files::Warmup::new(&source))
+}
+
+/// Whether a background warmup is still running.
+fn warmup_running() -> bool {
+    STATE.with(|s| {
+        s.borrow().warmup.as_ref().is_some_and(|w| matches!(w.wait(0), Ok(files::WarmupState::Running(_))))
+    })
 }
 
 /// The loaded model, as the guest sees it.
 struct Loaded {
     profile: Rc<ModelProfile>,
+    source: types::ModelSource,
+    /// Key of tuned settings for this model.
+    key: String,
 }
 
 #[derive(Default)]
@@ -123,6 +167,8 @@ struct State {
     loaded: Option<Loaded>,
     loads: u64,
     seq_in_use: Vec<bool>,
+    /// The background warmup started after load or by `prepare`.
+    warmup: Option<files::Warmup>,
 }
 
 thread_local! {
@@ -148,8 +194,12 @@ fn current_profile() -> Result<Rc<ModelProfile>, api::AppError> {
     STATE.with(|s| s.borrow().loaded.as_ref().map(|l| l.profile.clone())).ok_or(api::AppError::NotReady)
 }
 
-/// Pick load settings: explicit options, else the device policy.
-fn load_settings(o: &api::LoadOptions) -> (inf::LoadSettings, device::Threads) {
+/// Pick load settings: explicit options win, then tuned values from
+/// settings.json, then the device policy (CPU topology, memory fit).
+fn load_settings(
+    o: &api::LoadOptions,
+    shape: &inf::ModelShape,
+) -> Result<(inf::LoadSettings, device::Threads, Vec<String>), api::AppError> {
     let topo = platform::read_cpu_topology();
     let cores: Vec<device::Core> = topo
         .cores
@@ -162,16 +212,70 @@ fn load_settings(o: &api::LoadOptions) -> (inf::LoadSettings, device::Threads) {
             cluster: c.cluster,
         })
         .collect();
-    let threads = device::choose_threads(&cores, topo.online, None, o.threads, o.threads_batch);
+    let key = settings::model_key(&shape.file_name, shape.file_size);
+    let tuned = settings::Settings::load(std::path::Path::new(STATE_DIR))
+        .tuned_threads
+        .get(&key)
+        .map(|t| (t.decode, t.batch));
+    let threads = device::choose_threads(&cores, topo.online, tuned, o.threads, o.threads_batch);
+    let n_batch = o.n_batch.unwrap_or(DEFAULT_N_BATCH);
+    let mut notes = Vec::new();
+    let n_ctx = match o.n_ctx {
+        Some(n) => n,
+        None => {
+            let mem = platform::read_memory();
+            let fit_shape = memfit::Shape {
+                file_size: shape.file_size,
+                n_layer: shape.n_layer,
+                n_head_kv: shape.n_head_kv,
+                head_dim: shape.head_dim,
+                n_embd: shape.n_embd,
+                n_vocab: shape.n_vocab,
+            };
+            match memfit::choose(
+                &fit_shape,
+                mem.available,
+                mem.total,
+                SEQUENCES,
+                n_batch.min(512),
+                shape.n_ctx_train,
+            ) {
+                memfit::Fit::Fits { n_ctx, need, available } => {
+                    notes.push(format!(
+                        "context {n_ctx} per session: {} MiB needed, {} MiB available",
+                        memfit::mib(need),
+                        memfit::mib(available)
+                    ));
+                    n_ctx
+                }
+                memfit::Fit::Tight { n_ctx, need, available } => {
+                    notes.push(format!(
+                        "low memory: {} MiB needed with context {n_ctx}, {} MiB available; expect slow replies",
+                        memfit::mib(need),
+                        memfit::mib(available)
+                    ));
+                    n_ctx
+                }
+                memfit::Fit::TooBig { need, total } => {
+                    return Err(api::AppError::LoadFailed(format!(
+                        "{} needs {} MiB of memory; this device has {} MiB",
+                        shape.file_name,
+                        memfit::mib(need),
+                        memfit::mib(total)
+                    )));
+                }
+            }
+        }
+    };
     let settings = inf::LoadSettings {
-        n_ctx: o.n_ctx.unwrap_or(DEFAULT_N_CTX),
-        n_batch: o.n_batch.unwrap_or(DEFAULT_N_BATCH),
+        n_ctx,
+        n_batch,
         n_seq_max: SEQUENCES,
         threads: threads.decode,
         threads_batch: threads.batch,
         use_mmap: o.use_mmap.unwrap_or(true),
     };
-    (settings, threads)
+    Ok((settings, threads, notes))
 }
 
 /// The guest's folders, as preopened by the host.
@@ -337,12 +441,15 @@ impl api::Guest for Component {
     }
 
     fn load_model(options: api::LoadOptions) -> Result<api::LoadReport, api::AppError> {
-        let (settings, threads) = load_settings(&options);
         STATE.with(|s| {
             let mut s = s.borrow_mut();
             s.loaded = None;
+            s.warmup = None;
             s.seq_in_use = vec![false; SEQUENCES as usize];
         });
+        let shape = inf::inspect(&options.source)
+            .map_err(|e| api::AppError::LoadFailed(engine_error(e).to_string()))?;
+        let (settings, threads, notes) = load_settings(&options, &shape)?;
         let info = inf::load(&options.source, settings).map_err(|e| match e {
             inf::InferenceError::LoadFailed(m) => api::AppError::LoadFailed(m),
             other => api::AppError::LoadFailed(engine_error(other).to_string()),
@@ -376,8 +483,28 @@ impl api::Guest for Component {
                 return Err(e);
             }
         };
-        STATE.with(|s| s.borrow_mut().loaded = Some(Loaded { profile: Rc::new(profile) }));
-        Ok(api::LoadReport { info, threads_source: threads.source.as_str().to_owned(), notes: Vec::new() })
+        let key = settings::model_key(&shape.file_name, shape.file_size);
+        STATE.with(|s| {
+            s.borrow_mut().loaded =
+                Some(Loaded { profile: Rc::new(profile), source: options.source.clone(), key })
+        });
+        // The app is ready now; the pages come in behind it.
+        let warmup = start_warmup();
+        STATE.with(|s| s.borrow_mut().warmup = warmup);
+        Ok(api::LoadReport { info, threads_source: threads.source.as_str().to_owned(), notes })
+    }
+
+    fn save_tuned_threads(decode: u32, batch: u32) -> Result<(), api::AppError> {
+        if decode == 0 || batch == 0 {
+            return Err(api::AppError::InvalidArgument("thread counts must be at least 1".into()));
+        }
+        let key = STATE
+            .with(|s| s.borrow().loaded.as_ref().map(|l| l.key.clone()))
+            .ok_or(api::AppError::NotReady)?;
+        settings::update(std::path::Path::new(STATE_DIR), |s| {
+            s.tuned_threads.insert(key, settings::TunedThreads { decode, batch });
+        })
+        .map_err(|e| api::AppError::Io(format!("settings.json: {e}")))
     }
 
     fn render_prompt(
@@ -476,6 +603,9 @@ impl api::GuestSession for SessionResource {
         if let Some(v) = o.system_prompt {
             opts.system_prompt = Some(v);
         }
+        if let Some(v) = o.rewarm {
+            opts.rewarm = v;
+        }
         if let Some(biases) = o.logit_bias {
             opts.sampler.logit_bias = biases
                 .iter()
@@ -524,6 +654,18 @@ impl api::GuestSession for SessionResource {
     fn kv_token_ids(&self) -> Vec<Token> {
         self.shared.session.borrow().kv_token_ids().to_vec()
     }
+
+    fn prepare(&self) -> bool {
+        if warmup_running() {
+            return false;
+        }
+        let low = HostEngine.residency().is_some_and(|r| r < session::REWARM_BELOW);
+        if low {
+            let job = start_warmup();
+            STATE.with(|s| s.borrow_mut().warmup = job);
+        }
+        low
+    }
 }
 
 /// The exported `generation` resource.
@@ -557,6 +699,8 @@ impl api::GuestGeneration for GenerationResource {
             decode_ms: s.decode_ms,
             prompt_tokens_per_s: s.prompt_tokens_per_s(),
             decode_tokens_per_s: s.decode_tokens_per_s(),
+            residency: s.residency,
+            warmup_ms: s.warmup_ms,
         })
     }
 }

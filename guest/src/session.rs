@@ -21,6 +21,9 @@ use crate::utf8::Utf8Assembler;
 /// EOS as end-of-generation for `cohere2`).
 pub const TINY_AYA_END_TOKENS: &[&str] = &["<|END_RESPONSE|>", "<|END_OF_TURN_TOKEN|>"];
 
+/// Below this fraction of model pages in memory, a turn re-warms first.
+pub const REWARM_BELOW: f32 = 0.9;
+
 /// Smallest reply a turn must leave room for.
 pub const MIN_REPLY_TOKENS: u32 = 16;
 
@@ -141,6 +144,8 @@ pub struct SessionOptions {
     pub stop_strings: Vec<String>,
     /// Replaces the kind's built-in system prompt.
     pub system_prompt: Option<String>,
+    /// Re-warm evicted model pages before the prompt.
+    pub rewarm: bool,
 }
 
 impl SessionOptions {
@@ -162,12 +167,14 @@ impl SessionOptions {
                 },
                 stop_strings: Vec::new(),
                 system_prompt: None,
+                rewarm: true,
             },
             SessionKind::Translation => SessionOptions {
                 max_tokens: 128,
                 sampler: SamplerConfig::greedy(),
                 stop_strings: Vec::new(),
                 system_prompt: None,
+                rewarm: true,
             },
         }
     }
@@ -379,6 +386,9 @@ impl Session {
             first_visible: None,
             prompt_tokens: 0,
             dropped: fitted.dropped as u32,
+            rewarm: self.options.rewarm,
+            residency: 1.0,
+            warmup_ms: 0.0,
             stats: None,
             load_id: self.profile.load_id,
         })
@@ -559,6 +569,10 @@ pub struct Stats {
     pub prompt_ms: f64,
     /// First token → last token.
     pub decode_ms: f64,
+    /// Model residency when the turn started.
+    pub residency: f32,
+    /// Re-warm time before the prompt.
+    pub warmup_ms: f64,
 }
 
 impl Stats {
@@ -600,6 +614,9 @@ pub struct Generation<S> {
     first_visible: Option<Instant>,
     prompt_tokens: u32,
     dropped: u32,
+    rewarm: bool,
+    residency: f32,
+    warmup_ms: f64,
     stats: Option<Stats>,
     load_id: u64,
 }
@@ -633,6 +650,15 @@ impl<S: Sampler> Generation<S> {
                 return Ok(self.finish(session, StopReason::Cancelled));
             }
             if !self.to_decode.is_empty() {
+                // Pages evicted while the app was idle: read them back in one
+                // sequential pass rather than one fault at a time.
+                self.residency = engine.residency().unwrap_or(1.0);
+                if self.rewarm && self.residency < REWARM_BELOW {
+                    match engine.warm_up() {
+                        Ok(ms) => self.warmup_ms = ms,
+                        Err(e) => return self.fail(session, e),
+                    }
+                }
                 let prompt = std::mem::take(&mut self.to_decode);
                 self.prompt_start = Some(Instant::now());
                 if let Err(e) = engine.decode(session.seq, &prompt) {
@@ -737,6 +763,8 @@ impl<S: Sampler> Generation<S> {
                 (Some(a), Some(b)) => ms_between(a, b),
                 _ => 0.0,
             },
+            residency: self.residency,
+            warmup_ms: self.warmup_ms,
         });
         (!tail.is_empty()).then_some(tail)
     }

@@ -53,6 +53,10 @@ pub struct BenchConfig {
     pub system: String,
     /// Most tokens generated per repetition.
     pub max_tokens: u32,
+    /// Repetitions of the eviction cases (0 skips them).
+    pub evict_reps: usize,
+    /// Think time between `prepare` and send in case (d).
+    pub think: Duration,
 }
 
 /// One repetition's figures.
@@ -165,6 +169,42 @@ pub struct BenchReport {
     pub start: StartFigures,
     /// Whether both paths generated the same number of tokens every time.
     pub same_tokens: bool,
+    /// The page-residency cases, when run.
+    pub residency: Option<ResidencyReport>,
+}
+
+/// One eviction case.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseReport {
+    /// What the case does.
+    pub case: String,
+    /// TTFT.
+    pub ttft_ms: Summary,
+    /// Prompt speed.
+    pub prompt_tps: Summary,
+    /// Decode speed.
+    pub decode_tps: Summary,
+    /// Model residency when the turn started.
+    pub residency: Summary,
+    /// Re-warm time inside the turn.
+    pub warmup_ms: Summary,
+}
+
+/// The page-residency benchmark: what the phone's "after idle" costs and
+/// what warmup and `prepare` win back.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResidencyReport {
+    /// Residency right after an eviction (how well eviction works here).
+    pub after_evict: f32,
+    /// (a) fully resident, (b) evicted without warmup, (c) evicted with
+    /// re-warm at send, (d) evicted with `prepare` and a think time.
+    pub cases: Vec<CaseReport>,
+    /// (d) TTFT ÷ (a) TTFT (medians).
+    pub prepared_vs_resident: f64,
+    /// Warmup pass on an evicted file, bytes/s (median).
+    pub warmup_bytes_per_s: f64,
+    /// `cat FILE > /dev/null` on an evicted file, bytes/s (median).
+    pub cat_bytes_per_s: f64,
 }
 
 /// Errors of the benchmark.
@@ -201,7 +241,10 @@ impl RawLoop {
     ) -> Result<(Self, f64), BenchError> {
         let t = Instant::now();
         let backend = backend()?;
-        let params = LlamaModelParams::default();
+        // Read, not mapped: a second mapping of the file would keep its pages
+        // from being evicted in the residency cases (pages mapped twice are
+        // not paged out), and reading costs nothing in speed once loaded.
+        let params = LlamaModelParams::default().with_use_mmap(false);
         let model = LlamaModel::load_from_file(backend, &cfg.model, &params)
             .map_err(|e| BenchError::Other(format!("raw loop: cannot load model: {e}")))?;
         // Leaked for the process lifetime: the context borrows it, and the
@@ -376,6 +419,12 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
         same_tokens &= g.generated == r.generated && g.prompt_tokens == r.prompt_tokens;
         guest_samples.push(g);
     }
+    let residency = if cfg.evict_reps > 0 {
+        progress("page residency cases");
+        Some(residency_cases(cfg, &mut rt, &session)?)
+    } else {
+        None
+    };
     rt.close_session(session)?;
 
     let raw = PathReport::new(raw_load_ms, raw_samples);
@@ -401,7 +450,141 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
             cached_instantiate_ms: second.instantiate_ms,
         },
         same_tokens,
+        residency,
     })
+}
+
+fn turn(rt: &mut Runtime, session: &crate::Session, prompt: &str) -> Result<(Sample, f32, f64), BenchError> {
+    let start = Instant::now();
+    let generation = rt.send(session, prompt)?;
+    let mut ttft = None;
+    while rt.next(&generation)?.is_some() {
+        ttft.get_or_insert_with(|| start.elapsed());
+    }
+    let stats = rt.stats(&generation)?.ok_or_else(|| BenchError::Other("no stats".into()))?;
+    rt.close_generation(generation)?;
+    let sample = Sample {
+        ttft_ms: ms(ttft.unwrap_or_else(|| start.elapsed())),
+        prompt_tps: stats.prompt_tokens_per_s,
+        decode_tps: stats.decode_tokens_per_s,
+        prompt_tokens: stats.prompt_tokens,
+        generated: stats.generated_tokens,
+    };
+    Ok((sample, stats.residency, stats.warmup_ms))
+}
+
+fn evict(rt: &Runtime) -> Result<f32, BenchError> {
+    let r = rt.evict_model()?;
+    // Let background readahead from the previous turn settle.
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(r)
+}
+
+fn residency_cases(
+    cfg: &BenchConfig,
+    rt: &mut Runtime,
+    session: &crate::Session,
+) -> Result<ResidencyReport, BenchError> {
+    let path = rt.model_path().ok_or_else(|| BenchError::Other("no model".into()))?;
+    let set_rewarm = |rt: &mut Runtime, on: bool| {
+        let mut o = SessionOptions::unchanged();
+        o.rewarm = Some(on);
+        rt.configure(session, &o)
+    };
+    let mut after_evict = Vec::new();
+    let mut rows: Vec<(&str, Vec<(Sample, f32, f64)>)> = vec![
+        ("(a) resident", Vec::new()),
+        ("(b) evicted, no warmup", Vec::new()),
+        ("(c) evicted, re-warm at send", Vec::new()),
+        ("(d) evicted, prepare + think", Vec::new()),
+    ];
+    let mut warm_speed = Vec::new();
+    let mut cat_speed = Vec::new();
+    for _ in 0..cfg.evict_reps {
+        // (a): everything in memory.
+        set_rewarm(rt, true)?;
+        crate::warmup::warm_up(&path, |_, _| true).map_err(|e| BenchError::Other(e.to_string()))?;
+        rt.reset(session)?;
+        rows[0].1.push(turn(rt, session, &cfg.prompt)?);
+        // (b): evicted, the turn faults pages in one at a time.
+        set_rewarm(rt, false)?;
+        after_evict.push(evict(rt)? as f64);
+        rt.reset(session)?;
+        rows[1].1.push(turn(rt, session, &cfg.prompt)?);
+        // (c): evicted, the guest re-warms before the prompt.
+        set_rewarm(rt, true)?;
+        evict(rt)?;
+        rt.reset(session)?;
+        rows[2].1.push(turn(rt, session, &cfg.prompt)?);
+        // (d): evicted, `prepare` when the user starts typing, send after the think time.
+        evict(rt)?;
+        rt.reset(session)?;
+        rt.prepare(session)?;
+        std::thread::sleep(cfg.think);
+        rows[3].1.push(turn(rt, session, &cfg.prompt)?);
+        // Warmup pass vs `cat`, both on an evicted file.
+        evict(rt)?;
+        let w = crate::warmup::warm_up(&path, |_, _| true).map_err(|e| BenchError::Other(e.to_string()))?;
+        warm_speed.push(w.bytes_per_s);
+        evict(rt)?;
+        let t = Instant::now();
+        let status = std::process::Command::new("cat")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| BenchError::Other(format!("cat: {e}")))?;
+        if !status.success() {
+            return Err(BenchError::Other("cat failed".into()));
+        }
+        cat_speed.push(w.bytes as f64 / t.elapsed().as_secs_f64());
+    }
+    let cases: Vec<CaseReport> = rows
+        .into_iter()
+        .map(|(case, v)| CaseReport {
+            case: case.to_owned(),
+            ttft_ms: summarize(&v.iter().map(|x| x.0.ttft_ms).collect::<Vec<_>>()),
+            prompt_tps: summarize(&v.iter().map(|x| x.0.prompt_tps).collect::<Vec<_>>()),
+            decode_tps: summarize(&v.iter().map(|x| x.0.decode_tps).collect::<Vec<_>>()),
+            residency: summarize(&v.iter().map(|x| x.1 as f64).collect::<Vec<_>>()),
+            warmup_ms: summarize(&v.iter().map(|x| x.2).collect::<Vec<_>>()),
+        })
+        .collect();
+    Ok(ResidencyReport {
+        after_evict: summarize(&after_evict).median as f32,
+        prepared_vs_resident: cases[3].ttft_ms.median / cases[0].ttft_ms.median.max(1e-9),
+        cases,
+        warmup_bytes_per_s: summarize(&warm_speed).median,
+        cat_bytes_per_s: summarize(&cat_speed).median,
+    })
+}
+
+/// The residency cases as a table.
+fn residency_table(r: &ResidencyReport) -> String {
+    let s = |x: Summary, p: usize| format!("{:.p$} [{:.p$}–{:.p$}]", x.median, x.min, x.max, p = p);
+    let mut out = format!(
+        "\n{:<30} {:>26} {:>22} {:>22} {:>12} {:>10}\n",
+        "case", "TTFT ms", "prompt tok/s", "decode tok/s", "residency", "warmup ms"
+    );
+    for c in &r.cases {
+        out.push_str(&format!(
+            "{:<30} {:>26} {:>22} {:>22} {:>12.2} {:>10.0}\n",
+            c.case,
+            s(c.ttft_ms, 1),
+            s(c.prompt_tps, 0),
+            s(c.decode_tps, 1),
+            c.residency.median,
+            c.warmup_ms.median
+        ));
+    }
+    out.push_str(&format!(
+        "residency after eviction {:.3}; (d)/(a) TTFT {:.2}; warmup pass {:.0} MB/s vs cat {:.0} MB/s ({:.2}×)\n",
+        r.after_evict,
+        r.prepared_vs_resident,
+        r.warmup_bytes_per_s / 1e6,
+        r.cat_bytes_per_s / 1e6,
+        r.warmup_bytes_per_s / r.cat_bytes_per_s.max(1e-9)
+    ));
+    out
 }
 
 /// The report as a table.
@@ -444,5 +627,8 @@ pub fn table(r: &BenchReport) -> String {
         r.start.cached_outcome,
         r.start.cached_instantiate_ms
     ));
+    if let Some(res) = &r.residency {
+        out.push_str(&residency_table(res));
+    }
     out
 }

@@ -7,6 +7,7 @@ wasmtime::component::bindgen!({
         // Only a host failure (the inference thread gone, the table full) makes these trap.
         "bittybot:core/inference.[constructor]sampler": trappable,
         "bittybot:core/files.[constructor]hasher": trappable,
+        "bittybot:core/files.[constructor]warmup": trappable,
         "bittybot:core/download.[constructor]transfer": trappable,
     },
     additional_derives: [PartialEq],
@@ -14,6 +15,7 @@ wasmtime::component::bindgen!({
         "bittybot:core/inference.sampler": crate::imports::inference::SamplerHandle,
         "bittybot:core/inference.kv-snapshot": crate::imports::inference::SnapshotHandle,
         "bittybot:core/files.hasher": crate::imports::files::HashJob,
+        "bittybot:core/files.warmup": crate::imports::files::WarmupJob,
         "bittybot:core/download.transfer": crate::imports::download::TransferJob,
     },
 });

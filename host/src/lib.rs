@@ -10,6 +10,7 @@ pub mod bindings;
 pub mod device;
 pub mod download;
 pub mod folders;
+pub mod gguf;
 pub mod guest;
 pub mod hashing;
 pub mod imports;
@@ -18,6 +19,7 @@ pub mod llama;
 pub mod quantize;
 pub mod runtime;
 pub mod service;
+pub mod warmup;
 
 pub use bindings::app::{
     AppError, GenerationStats, InputTooLong, LoadOptions, LoadReport, Message, ModelReady, ModelSpec,
@@ -63,6 +65,7 @@ impl SessionOptions {
             stop_strings: None,
             system_prompt: None,
             logit_bias: None,
+            rewarm: None,
         }
     }
 }

@@ -640,6 +640,34 @@ impl Runtime {
         self.store.data_mut().inference.is_control_token(token)
     }
 
+    /// Hint that the user is about to send: re-warm evicted model pages in
+    /// the background. True if a warmup started.
+    pub fn prepare(&mut self, session: &Session) -> Result<bool, RuntimeError> {
+        self.call(|b, st| b.bittybot_core_app().session().call_prepare(st, session.0))
+    }
+
+    /// Store thread counts measured best for the loaded model (used by its next load).
+    pub fn save_tuned_threads(&mut self, decode: u32, batch: u32) -> Result<(), RuntimeError> {
+        self.call_app(|b, st| b.bittybot_core_app().call_save_tuned_threads(st, decode, batch))
+    }
+
+    /// The loaded model's file.
+    pub fn model_path(&self) -> Option<PathBuf> {
+        self.store.data().inference.facts().map(|f| f.path.clone())
+    }
+
+    /// Fraction of the loaded model's pages in memory.
+    pub fn model_residency(&self) -> Option<f32> {
+        crate::warmup::residency(&self.model_path()?).ok()
+    }
+
+    /// Push the loaded model's pages out of memory, as the phone's kernel does
+    /// after idle (benchmarks). Returns the residency afterwards.
+    pub fn evict_model(&self) -> Result<f32, RuntimeError> {
+        let path = self.model_path().ok_or(RuntimeError::App(AppError::NotReady))?;
+        crate::warmup::evict(&path).map_err(|e| RuntimeError::Setup(e.to_string()))
+    }
+
     /// Tokens in a session's KV sequence.
     pub fn kv_tokens(&mut self, session: &Session) -> Result<u32, RuntimeError> {
         self.call(|b, st| b.bittybot_core_app().session().call_kv_tokens(st, session.0))

@@ -4,6 +4,7 @@
 mod chat;
 mod cohere;
 mod conversation;
+mod device;
 mod download;
 mod errors;
 mod guest_cache;

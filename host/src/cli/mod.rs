@@ -4,6 +4,7 @@ mod chat;
 mod guest;
 mod model;
 mod quantize;
+mod tune;
 
 use std::path::PathBuf;
 
@@ -125,6 +126,8 @@ pub enum Command {
         /// The file to check.
         path: Option<PathBuf>,
     },
+    /// Measure thread counts on this device and store the best for the model.
+    Tune(tune::TuneArgs),
     /// Sign and check guest components.
     #[command(subcommand)]
     Guest(guest::GuestCommand),
@@ -144,6 +147,12 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Repetitions of the page-residency cases (evicted, re-warmed, prepared); 0 skips them.
+        #[arg(long, default_value_t = 5)]
+        evict_reps: usize,
+        /// Think time between `prepare` and send in the prepared case, ms.
+        #[arg(long, default_value_t = 3000)]
+        think_ms: u64,
     },
     /// Quantize a GGUF model with llama.cpp's quantizer; writes the release manifest next to it.
     Quantize(quantize::QuantizeArgs),
@@ -250,7 +259,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Quantize(args) => quantize::quantize(&args),
         Command::Spec(args) => quantize::spec(&ctx, &args),
         Command::Guest(cmd) => guest::run(&cmd),
-        Command::Bench { model, reps, max_tokens, prompt, json } => {
+        Command::Tune(args) => tune::tune(&ctx, &args),
+        Command::Bench { model, reps, max_tokens, prompt, json, evict_reps, think_ms } => {
             let model_path = match &model.model {
                 Some(p) => p.clone(),
                 None => model::managed_path(&ctx, model.spec.as_ref())?,
@@ -267,6 +277,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 prompt,
                 system: "You are a helpful assistant.".into(),
                 max_tokens,
+                evict_reps,
+                think: std::time::Duration::from_millis(think_ms),
             };
             let report = bench::run(&cfg, |m| eprintln!("bench: {m}"))?;
             if json {

@@ -146,6 +146,24 @@ impl wit::Host for InferenceCtx {
         Ok(out)
     }
 
+    fn inspect(&mut self, source: ModelSource) -> Result<wit::ModelShape, InferenceError> {
+        let path = self.folders.model_path(&source).map_err(|e| InferenceError::LoadFailed(e.to_string()))?;
+        let s = crate::gguf::inspect(&path)
+            .map_err(|e| InferenceError::LoadFailed(format!("cannot read {}: {e}", path.display())))?;
+        Ok(wit::ModelShape {
+            file_name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            architecture: s.architecture,
+            file_size: s.file_size,
+            n_layer: s.n_layer,
+            n_embd: s.n_embd,
+            n_head: s.n_head,
+            n_head_kv: s.n_head_kv,
+            head_dim: s.head_dim,
+            n_vocab: s.n_vocab,
+            n_ctx_train: s.n_ctx_train,
+        })
+    }
+
     fn unload(&mut self) {
         self.model = None;
         self.facts = None;

@@ -69,6 +69,10 @@ impl api::Guest for Hostile {
     fn resolve_spec(_: Option<String>) -> Result<api::ModelSpec, api::SetupError> {
         Err(api::SetupError::NotDownloaded)
     }
+
+    fn save_tuned_threads(_: u32, _: u32) -> Result<(), api::AppError> {
+        Err(api::AppError::NotReady)
+    }
 }
 
 /// Resources this guest never really provides.
@@ -96,6 +100,9 @@ impl api::GuestSession for Nothing {
     }
     fn kv_token_ids(&self) -> Vec<i32> {
         Vec::new()
+    }
+    fn prepare(&self) -> bool {
+        false
     }
 }
 

@@ -1,0 +1,45 @@
+//! Platforms without `mincore`: residency is unknown and warmup is a plain
+//! sequential read.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Instant;
+
+use super::{WarmupError, WarmupReport};
+
+/// Unknown: report the file as resident so no policy re-warms in a loop.
+pub fn residency(_path: &Path) -> Result<f32, WarmupError> {
+    Ok(1.0)
+}
+
+/// Read the file once, front to back.
+pub fn warm_up(path: &Path, mut step: impl FnMut(u64, u64) -> bool) -> Result<WarmupReport, WarmupError> {
+    let start = Instant::now();
+    let mut f = std::fs::File::open(path).map_err(|e| WarmupError::Io(e.to_string()))?;
+    let total = f.metadata().map_err(|e| WarmupError::Io(e.to_string()))?.len();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| WarmupError::Io(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        done += n as u64;
+        if !step(done, total) {
+            return Err(WarmupError::Cancelled);
+        }
+    }
+    let millis = start.elapsed().as_secs_f64() * 1000.0;
+    Ok(WarmupReport {
+        bytes: total,
+        millis,
+        bytes_per_s: total as f64 / (millis / 1000.0).max(1e-9),
+        residency_before: 1.0,
+        residency_after: 1.0,
+    })
+}
+
+/// Not possible here.
+pub fn evict(_path: &Path) -> Result<f32, WarmupError> {
+    Err(WarmupError::Io("eviction is not supported on this platform".into()))
+}

@@ -1,0 +1,166 @@
+//! Linux and Android: `mmap` + `madvise` + a touch pass, `mincore` for
+//! residency, `MADV_PAGEOUT`/`posix_fadvise` for eviction.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Instant;
+
+use memmap2::{Advice, Mmap};
+
+use super::{WarmupError, WarmupReport};
+
+/// Pages touched between progress reports and cancellation checks (16 MiB of 4 KiB pages).
+const STEP: usize = 16 << 20;
+
+fn io(path: &Path, e: std::io::Error) -> WarmupError {
+    WarmupError::Io(format!("{}: {e}", path.display()))
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as usize } else { 4096 }
+}
+
+fn map(path: &Path) -> Result<Option<Mmap>, WarmupError> {
+    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    if file.metadata().map_err(|e| io(path, e))?.len() == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the mapping is read-only and only read through `touch`/`mincore`;
+    // the model file is not truncated while the app runs (a truncated file
+    // would raise SIGBUS, which is why the guest verifies it first).
+    let m = unsafe { Mmap::map(&file) }.map_err(|e| io(path, e))?;
+    Ok(Some(m))
+}
+
+fn resident_fraction(m: &Mmap) -> Result<f32, WarmupError> {
+    let page = page_size();
+    let pages = m.len().div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: the range is exactly our mapping and `vec` has one byte per page.
+    let rc = unsafe { libc::mincore(m.as_ptr() as *mut libc::c_void, m.len(), vec.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(WarmupError::Io(format!("mincore: {}", std::io::Error::last_os_error())));
+    }
+    let resident = vec.iter().filter(|&&b| b & 1 == 1).count();
+    Ok(resident as f32 / pages.max(1) as f32)
+}
+
+/// Fraction of the file's pages in memory (0.0–1.0).
+pub fn residency(path: &Path) -> Result<f32, WarmupError> {
+    match map(path)? {
+        Some(m) => resident_fraction(&m),
+        None => Ok(1.0),
+    }
+}
+
+/// Bring every page of the file into memory in one sequential pass:
+/// `WILLNEED` + `SEQUENTIAL` read-ahead hints, then one read per page.
+/// `step(done, total)` reports progress; returning false cancels.
+pub fn warm_up(path: &Path, mut step: impl FnMut(u64, u64) -> bool) -> Result<WarmupReport, WarmupError> {
+    let start = Instant::now();
+    let Some(m) = map(path)? else {
+        return Ok(WarmupReport {
+            bytes: 0,
+            millis: 0.0,
+            bytes_per_s: 0.0,
+            residency_before: 1.0,
+            residency_after: 1.0,
+        });
+    };
+    let before = resident_fraction(&m)?;
+    let _ = m.advise(Advice::Sequential);
+    let _ = m.advise(Advice::WillNeed);
+    let page = page_size();
+    let total = m.len();
+    let mut sum = 0u8;
+    let mut done = 0;
+    while done < total {
+        let end = (done + STEP).min(total);
+        for off in (done..end).step_by(page) {
+            // A volatile read so the touch is not optimised away.
+            // SAFETY: `off` is inside the mapping.
+            sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(m.as_ptr().add(off)) });
+        }
+        done = end;
+        if !step(done as u64, total as u64) {
+            let _ = m.advise(Advice::Normal);
+            return Err(WarmupError::Cancelled);
+        }
+    }
+    std::hint::black_box(sum);
+    let _ = m.advise(Advice::Normal);
+    let millis = start.elapsed().as_secs_f64() * 1000.0;
+    Ok(WarmupReport {
+        bytes: total as u64,
+        millis,
+        bytes_per_s: total as f64 / (millis / 1000.0).max(1e-9),
+        residency_before: before,
+        residency_after: resident_fraction(&m)?,
+    })
+}
+
+/// Push the file's pages out of memory, as the kernel does to an idle app,
+/// without root: `MADV_PAGEOUT` on every mapping of the file in this process
+/// (llama.cpp's included; `posix_fadvise` alone skips mapped pages), then
+/// `POSIX_FADV_DONTNEED`. Returns the residency afterwards.
+pub fn evict(path: &Path) -> Result<f32, WarmupError> {
+    let canonical = std::fs::canonicalize(path).map_err(|e| io(path, e))?;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(_perms), Some(_off), Some(_dev), Some(_inode)) =
+            (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let file = fields.collect::<Vec<_>>().join(" ");
+        if Path::new(&file) != canonical {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else { continue };
+        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else { continue };
+        // SAFETY: the range is a live mapping of this process (from
+        // /proc/self/maps); MADV_PAGEOUT only drops clean pages, which are
+        // read back from the file on the next access.
+        unsafe {
+            libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_PAGEOUT);
+        }
+    }
+    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    // SAFETY: a valid descriptor; the call only drops cached pages.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+    residency(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warm_evict_residency_on_a_real_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.bin");
+        std::fs::write(&path, vec![7u8; 32 << 20]).unwrap();
+        std::fs::File::open(&path).unwrap().sync_all().unwrap();
+        let r = warm_up(&path, |_, _| true).unwrap();
+        assert!(r.residency_after >= 0.99, "{r:?}");
+        // A mapping that stays, like llama.cpp's.
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: read-only mapping of a file nobody truncates during the test.
+        let keep = unsafe { Mmap::map(&file) }.unwrap();
+        let touched: u64 = keep.iter().step_by(4096).map(|&b| b as u64).sum();
+        assert!(touched > 0);
+        let after = evict(&path).unwrap();
+        eprintln!("residency after eviction: {after}");
+        if after > 0.5 {
+            eprintln!("skipped: this kernel keeps the pages (residency {after})");
+            return;
+        }
+        let r = warm_up(&path, |_, _| true).unwrap();
+        assert!(r.residency_before < 0.5 && r.residency_after >= 0.99, "{r:?}");
+    }
+}
