@@ -110,6 +110,11 @@ pub trait Engine {
     fn cancel_requested(&self) -> bool;
     /// Fraction of the model file's pages in memory, when known.
     fn residency(&self) -> Option<f32>;
+    /// Put a saved state of a prompt prefix into `seq` (from memory, else
+    /// disk); true when `seq` now holds exactly `tokens`, else it is empty.
+    fn prefix_restore(&self, seq: u32, key: &str, tokens: &[Token]) -> bool;
+    /// Keep the state of `seq`, which holds exactly `tokens`, for later.
+    fn prefix_store(&self, seq: u32, key: &str, tokens: &[Token]);
     /// Bring the model's pages back into memory (joining a background warmup
     /// if one runs); returns the milliseconds it took.
     fn warm_up(&self) -> Result<f64, EngineError>;

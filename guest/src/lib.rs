@@ -110,6 +110,65 @@ impl Engine for HostEngine {
     fn cancel_requested(&self) -> bool {
         platform::cancel_requested()
     }
+    fn prefix_restore(&self, seq: u32, key: &str, tokens: &[Token]) -> bool {
+        // From memory: a snapshot taken when the prefix was first evaluated.
+        let from_memory = STATE.with(|s| {
+            let s = s.borrow();
+            s.prefixes
+                .iter()
+                .find(|p| p.key == key && p.tokens == tokens)
+                .map(|p| p.snapshot.restore(seq).is_ok())
+        });
+        if let Some(ok) = from_memory {
+            if ok {
+                return true;
+            }
+            inf::kv_clear(seq);
+        }
+        // From disk: checked against the SHA-256 recorded when it was saved.
+        let name = prefix_file_name(key);
+        let state_dir = std::path::Path::new(STATE_DIR);
+        let Some(sha) = settings::Settings::load(state_dir)
+            .prefix_files
+            .into_iter()
+            .find(|f| f.name == name)
+            .map(|f| f.sha256)
+        else {
+            return false;
+        };
+        let file = types::FileRef { root: types::Root::State, name: name.clone() };
+        match inf::state_load(seq, &file, Some(&sha)) {
+            Ok(saved) if saved == tokens => {
+                remember_prefix(seq, key, tokens);
+                true
+            }
+            _ => {
+                // Stale, damaged or foreign: drop it; it is rebuilt on this turn.
+                inf::kv_clear(seq);
+                let _ = std::fs::remove_file(state_dir.join(&name));
+                let _ = settings::update(state_dir, |s| s.prefix_files.retain(|f| f.name != name));
+                false
+            }
+        }
+    }
+    fn prefix_store(&self, seq: u32, key: &str, tokens: &[Token]) {
+        remember_prefix(seq, key, tokens);
+        let name = prefix_file_name(key);
+        let file = types::FileRef { root: types::Root::State, name: name.clone() };
+        let Ok(saved) = inf::state_save(seq, &file, tokens) else { return };
+        let state_dir = std::path::Path::new(STATE_DIR);
+        let mut stale = Vec::new();
+        let _ = settings::update(state_dir, |s| {
+            s.prefix_files.retain(|f| f.name != name);
+            s.prefix_files.push(settings::PrefixFile { name: name.clone(), sha256: saved.sha256.clone() });
+            while s.prefix_files.len() > MAX_PREFIX_FILES {
+                stale.push(s.prefix_files.remove(0).name);
+            }
+        });
+        for old in stale {
+            let _ = std::fs::remove_file(state_dir.join(old));
+        }
+    }
     fn residency(&self) -> Option<f32> {
         let source = STATE.with(|s| s.borrow().loaded.as_ref().map(|l| l.source.clone()))?;
         files::residency(&source).ok()
@@ -141,6 +200,46 @@ impl Engine for HostEngine {
     }
 }
 
+/// The model's identity for cached states: its verified SHA-256 when the
+/// settings have one for this file, else name, size and modification time.
+fn prefix_model_id(info: &inf::ModelInfo, source: &types::ModelSource) -> String {
+    let types::ModelSource::Managed(name) = source else { return info.model_id.clone() };
+    let verified = settings::Settings::load(std::path::Path::new(STATE_DIR)).verified.remove(name);
+    match verified {
+        Some(rec) if rec.size == info.file_size => format!("sha256:{}", rec.sha256),
+        _ => info.model_id.clone(),
+    }
+}
+
+/// Saved prompt prefixes kept on disk (one file each, oldest removed first).
+const MAX_PREFIX_FILES: usize = 4;
+/// Prompt prefixes kept in memory.
+const MAX_PREFIX_SNAPSHOTS: usize = 2;
+
+fn prefix_file_name(key: &str) -> String {
+    format!("prefix-{key}.kv")
+}
+
+/// A prompt prefix's KV state kept in host memory.
+struct PrefixSnapshot {
+    key: String,
+    tokens: Vec<Token>,
+    snapshot: inf::KvSnapshot,
+}
+
+/// Keep a copy of `seq` (holding `tokens`) in memory under `key`.
+fn remember_prefix(seq: u32, key: &str, tokens: &[Token]) {
+    let Ok(snapshot) = inf::KvSnapshot::take(seq) else { return };
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.prefixes.retain(|p| p.key != key);
+        s.prefixes.push(PrefixSnapshot { key: key.to_owned(), tokens: tokens.to_vec(), snapshot });
+        while s.prefixes.len() > MAX_PREFIX_SNAPSHOTS {
+            s.prefixes.remove(0);
+        }
+    });
+}
+
 /// Start a background warmup of the loaded model.
 fn start_warmup() -> Option<files::Warmup> {
     let source = STATE.with(|s| s.borrow().loaded.as_ref().map(|l| l.source.clone()))?;
@@ -169,6 +268,8 @@ struct State {
     seq_in_use: Vec<bool>,
     /// The background warmup started after load or by `prepare`.
     warmup: Option<files::Warmup>,
+    /// Prompt-prefix states in memory (most recent last).
+    prefixes: Vec<PrefixSnapshot>,
 }
 
 thread_local! {
@@ -445,6 +546,7 @@ impl api::Guest for Component {
             let mut s = s.borrow_mut();
             s.loaded = None;
             s.warmup = None;
+            s.prefixes.clear();
             s.seq_in_use = vec![false; SEQUENCES as usize];
         });
         let shape = inf::inspect(&options.source)
@@ -466,6 +568,7 @@ impl api::Guest for Component {
             bos_text: special_text(info.bos),
             eos_text: special_text(info.eos),
             n_ctx: info.settings.n_ctx,
+            cache_id: format!("{}|{}", prefix_model_id(&info, &options.source), info.llama_version),
         };
         let load_id = STATE.with(|s| {
             let mut s = s.borrow_mut();
@@ -606,6 +709,9 @@ impl api::GuestSession for SessionResource {
         if let Some(v) = o.rewarm {
             opts.rewarm = v;
         }
+        if let Some(v) = o.prefix_cache {
+            opts.prefix_cache = v;
+        }
         if let Some(biases) = o.logit_bias {
             opts.sampler.logit_bias = biases
                 .iter()
@@ -701,6 +807,7 @@ impl api::GuestGeneration for GenerationResource {
             decode_tokens_per_s: s.decode_tokens_per_s(),
             residency: s.residency,
             warmup_ms: s.warmup_ms,
+            prefix_cached: s.prefix_cached,
         })
     }
 }

@@ -83,6 +83,9 @@ pub struct ModelProfile {
     pub bos: Option<Token>,
     /// Identifies the load this profile belongs to.
     pub load_id: u64,
+    /// What a saved KV state depends on besides the tokens: the model file
+    /// and the llama.cpp build.
+    pub cache_id: String,
 }
 
 /// Facts about the loaded model, as the host reports them.
@@ -104,6 +107,8 @@ pub struct ModelFacts {
     pub eos_text: String,
     /// Context length per sequence.
     pub n_ctx: u32,
+    /// Model identity and llama.cpp version (keys saved KV states).
+    pub cache_id: String,
 }
 
 impl ModelProfile {
@@ -125,7 +130,17 @@ impl ModelProfile {
             stop_ids,
             bos: if facts.add_bos { facts.bos } else { None },
             load_id,
+            cache_id: facts.cache_id.clone(),
         })
+    }
+
+    /// The cache key of a prompt prefix: model, llama.cpp build, KV type, tokens.
+    pub fn prefix_key(&self, tokens: &[Token]) -> String {
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: the same on every run of this guest.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.cache_id.as_str(), "kv:f16", tokens).hash(&mut h);
+        format!("{:016x}", h.finish())
     }
 
     fn is_stop<E: Engine>(&self, engine: &E, t: Token) -> bool {
@@ -146,6 +161,8 @@ pub struct SessionOptions {
     pub system_prompt: Option<String>,
     /// Re-warm evicted model pages before the prompt.
     pub rewarm: bool,
+    /// Reuse saved KV states of the system turn.
+    pub prefix_cache: bool,
 }
 
 impl SessionOptions {
@@ -168,6 +185,7 @@ impl SessionOptions {
                 stop_strings: Vec::new(),
                 system_prompt: None,
                 rewarm: true,
+                prefix_cache: true,
             },
             SessionKind::Translation => SessionOptions {
                 max_tokens: 128,
@@ -175,6 +193,7 @@ impl SessionOptions {
                 stop_strings: Vec::new(),
                 system_prompt: None,
                 rewarm: true,
+                prefix_cache: true,
             },
         }
     }
@@ -355,6 +374,23 @@ impl Session {
         }
 
         let fitted = self.fit(engine, user)?;
+        // An empty sequence starts with the system turn: restore its saved
+        // state instead of evaluating it, or evaluate it and save it.
+        let mut prefix_cached = false;
+        let mut store_prefix = None;
+        if self.options.prefix_cache && self.kv.is_empty() {
+            if let Some(prefix) = self.system_prefix(engine)? {
+                if prefix.len() < fitted.tokens.len() && fitted.tokens.starts_with(&prefix) {
+                    let key = self.profile.prefix_key(&prefix);
+                    if engine.prefix_restore(self.seq, &key, &prefix) {
+                        self.kv = prefix;
+                        prefix_cached = true;
+                    } else {
+                        store_prefix = Some((key, prefix.len()));
+                    }
+                }
+            }
+        }
         let plan = context::plan(&self.kv, &fitted.tokens, fitted.dropped > 0);
         self.apply_plan(engine, &plan);
         let mut to_decode = fitted.tokens[plan.reused..].to_vec();
@@ -387,6 +423,8 @@ impl Session {
             prompt_tokens: 0,
             dropped: fitted.dropped as u32,
             rewarm: self.options.rewarm,
+            prefix_cached,
+            store_prefix,
             residency: 1.0,
             warmup_ms: 0.0,
             stats: None,
@@ -455,6 +493,20 @@ impl Session {
             }
             Ok(turn.tokens.clone().unwrap_or_default())
         })
+    }
+
+    /// Tokens of the system turn alone, as it opens the prompt.
+    fn system_prefix<E: Engine>(&mut self, engine: &E) -> Result<Option<Vec<Token>>, SessionError> {
+        let Some(system) = self.system.as_mut() else { return Ok(None) };
+        let segments =
+            self.profile.format.render_segments(&[(Role::System, system.content.as_str())], false)?;
+        let tokens = segment_tokens(engine, &segments, self.profile.bos, |_| {
+            if system.tokens.is_none() {
+                system.tokens = Some(engine.tokenize(&system.content, false)?);
+            }
+            Ok(system.tokens.clone().unwrap_or_default())
+        })?;
+        Ok((!tokens.is_empty()).then_some(tokens))
     }
 
     fn apply_plan<E: Engine>(&mut self, engine: &E, plan: &context::KvPlan) {
@@ -573,6 +625,8 @@ pub struct Stats {
     pub residency: f32,
     /// Re-warm time before the prompt.
     pub warmup_ms: f64,
+    /// The system turn came from the prefix cache.
+    pub prefix_cached: bool,
 }
 
 impl Stats {
@@ -615,6 +669,8 @@ pub struct Generation<S> {
     prompt_tokens: u32,
     dropped: u32,
     rewarm: bool,
+    prefix_cached: bool,
+    store_prefix: Option<(String, usize)>,
     residency: f32,
     warmup_ms: f64,
     stats: Option<Stats>,
@@ -661,11 +717,25 @@ impl<S: Sampler> Generation<S> {
                 }
                 let prompt = std::mem::take(&mut self.to_decode);
                 self.prompt_start = Some(Instant::now());
-                if let Err(e) = engine.decode(session.seq, &prompt) {
-                    session.resync(engine, &prompt);
-                    return self.fail(session, e);
+                // The system turn first, alone, so its state can be saved.
+                let split = match self.store_prefix.take() {
+                    Some((key, n)) if n < prompt.len() => Some((key, n)),
+                    _ => None,
+                };
+                let (head, tail) = prompt.split_at(split.as_ref().map_or(0, |(_, n)| *n));
+                for (i, part) in [head, tail].into_iter().enumerate() {
+                    if part.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = engine.decode(session.seq, part) {
+                        session.resync(engine, part);
+                        return self.fail(session, e);
+                    }
+                    session.kv.extend_from_slice(part);
+                    if let (0, Some((key, _))) = (i, &split) {
+                        engine.prefix_store(session.seq, key, &session.kv);
+                    }
                 }
-                session.kv.extend_from_slice(&prompt);
                 self.prompt_tokens = prompt.len() as u32;
                 self.prompt_done = Some(Instant::now());
             } else if let Some(t) = self.pending.take() {
@@ -765,6 +835,7 @@ impl<S: Sampler> Generation<S> {
             },
             residency: self.residency,
             warmup_ms: self.warmup_ms,
+            prefix_cached: self.prefix_cached,
         });
         (!tail.is_empty()).then_some(tail)
     }

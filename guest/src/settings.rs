@@ -44,6 +44,18 @@ pub struct Settings {
     /// Tuned threads, by model key (file name and size).
     #[serde(default)]
     pub tuned_threads: BTreeMap<String, TunedThreads>,
+    /// Saved prompt-prefix states, oldest first.
+    #[serde(default)]
+    pub prefix_files: Vec<PrefixFile>,
+}
+
+/// A saved prompt-prefix KV state in the state folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixFile {
+    /// File name.
+    pub name: String,
+    /// Its SHA-256, checked before loading.
+    pub sha256: String,
 }
 
 /// Size and modification time of a file, as a verified record keeps them.

@@ -57,6 +57,8 @@ pub struct BenchConfig {
     pub evict_reps: usize,
     /// Think time between `prepare` and send in case (d).
     pub think: Duration,
+    /// Repetitions of the prefix-cache restarts (0 skips them).
+    pub prefix_reps: usize,
 }
 
 /// One repetition's figures.
@@ -171,6 +173,26 @@ pub struct BenchReport {
     pub same_tokens: bool,
     /// The page-residency cases, when run.
     pub residency: Option<ResidencyReport>,
+    /// First-turn TTFT after a restart with and without the prefix cache, when run.
+    pub prefix: Option<PrefixReport>,
+}
+
+/// First turn after a restart: the system turn evaluated, or restored from
+/// the saved state; against a later turn of the same length.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrefixReport {
+    /// Prompt tokens of the first turn without the cache.
+    pub prompt_tokens: u32,
+    /// Prompt tokens evaluated with the cache.
+    pub cached_prompt_tokens: u32,
+    /// First turn after a restart, cache off.
+    pub first_uncached_ttft_ms: Summary,
+    /// First turn after a restart, cache on.
+    pub first_cached_ttft_ms: Summary,
+    /// A later turn with the same message.
+    pub later_ttft_ms: Summary,
+    /// cached first turn ÷ later turn (medians).
+    pub cached_vs_later: f64,
 }
 
 /// One eviction case.
@@ -369,6 +391,8 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
     opts.repeat_penalty = Some(1.0);
     opts.max_tokens = Some(cfg.max_tokens);
     opts.system_prompt = Some(cfg.system.clone());
+    // The raw loop evaluates the whole prompt every time; so must the guest here.
+    opts.prefix_cache = Some(false);
     rt.configure(&session, &opts)?;
     let rendered = rt.render_prompt(
         &[
@@ -426,6 +450,13 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
         None
     };
     rt.close_session(session)?;
+    drop(rt);
+    let prefix = if cfg.prefix_reps > 0 {
+        progress("prefix cache restarts");
+        Some(prefix_restarts(cfg, threads, threads_batch)?)
+    } else {
+        None
+    };
 
     let raw = PathReport::new(raw_load_ms, raw_samples);
     let guest = PathReport::new(guest_load_ms, guest_samples);
@@ -451,6 +482,66 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
         },
         same_tokens,
         residency,
+        prefix,
+    })
+}
+
+/// A fresh runtime (a restart, as far as the guest knows) with a chat
+/// session configured like the rest of the benchmark.
+fn restart(
+    cfg: &BenchConfig,
+    threads: u32,
+    threads_batch: u32,
+    cache: bool,
+) -> Result<(Runtime, crate::Session), BenchError> {
+    let mut rt = Runtime::start(runtime_options(cfg))?;
+    rt.load_model(&LoadOptions {
+        source: ModelSource::Provided,
+        n_ctx: Some(cfg.n_ctx),
+        n_batch: Some(cfg.n_batch),
+        threads: Some(threads),
+        threads_batch: Some(threads_batch),
+        use_mmap: Some(true),
+    })?;
+    let session = rt.open_session(SessionKind::Chat)?;
+    let mut o = SessionOptions::unchanged();
+    o.temperature = Some(0.0);
+    o.max_tokens = Some(cfg.max_tokens.min(16));
+    o.system_prompt = Some(cfg.system.clone());
+    o.prefix_cache = Some(cache);
+    rt.configure(&session, &o)?;
+    Ok((rt, session))
+}
+
+fn prefix_restarts(cfg: &BenchConfig, threads: u32, threads_batch: u32) -> Result<PrefixReport, BenchError> {
+    let short = "What is the capital of France?";
+    // Prime the saved state once.
+    let (mut rt, s) = restart(cfg, threads, threads_batch, true)?;
+    turn(&mut rt, &s, short)?;
+    drop(rt);
+    let (mut off, mut on, mut later) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut full, mut cached_tokens) = (0, 0);
+    for _ in 0..cfg.prefix_reps {
+        let (mut rt, s) = restart(cfg, threads, threads_batch, false)?;
+        let (a, _, _) = turn(&mut rt, &s, short)?;
+        full = a.prompt_tokens;
+        off.push(a.ttft_ms);
+        drop(rt);
+        let (mut rt, s) = restart(cfg, threads, threads_batch, true)?;
+        let (b, _, _) = turn(&mut rt, &s, short)?;
+        cached_tokens = b.prompt_tokens;
+        on.push(b.ttft_ms);
+        let (c, _, _) = turn(&mut rt, &s, short)?;
+        later.push(c.ttft_ms);
+    }
+    let (off, on, later) = (summarize(&off), summarize(&on), summarize(&later));
+    Ok(PrefixReport {
+        prompt_tokens: full,
+        cached_prompt_tokens: cached_tokens,
+        first_uncached_ttft_ms: off,
+        first_cached_ttft_ms: on,
+        later_ttft_ms: later,
+        cached_vs_later: on.median / later.median.max(1e-9),
     })
 }
 
@@ -629,6 +720,19 @@ pub fn table(r: &BenchReport) -> String {
     ));
     if let Some(res) = &r.residency {
         out.push_str(&residency_table(res));
+    }
+    if let Some(p) = &r.prefix {
+        let s = |x: Summary| format!("{:.1} [{:.1}–{:.1}]", x.median, x.min, x.max);
+        out.push_str(&format!(
+            "\nfirst turn after a restart: no prefix cache {} ms ({} tokens evaluated), \
+             prefix cache {} ms ({} tokens); later turn {} ms; cached/later {:.2}\n",
+            s(p.first_uncached_ttft_ms),
+            p.prompt_tokens,
+            s(p.first_cached_ttft_ms),
+            p.cached_prompt_tokens,
+            s(p.later_ttft_ms),
+            p.cached_vs_later
+        ));
     }
     out
 }

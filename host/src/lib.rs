@@ -66,6 +66,7 @@ impl SessionOptions {
             system_prompt: None,
             logit_bias: None,
             rewarm: None,
+            prefix_cache: None,
         }
     }
 }

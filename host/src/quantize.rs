@@ -8,10 +8,12 @@
 //! in front of the host's llama.cpp log (`llama::log`, which still sees every
 //! line) reads its `[ n/ N] tensor` lines, and each tensor counts with its
 //! bytes in the input. Bad input is rejected before llama.cpp sees it (the
-//! magic, the GGUF structure, tensor data inside the file), so a failure is
-//! an error, never an abort. llama.cpp writes to a hidden temporary file
+//! magic, the GGUF structure, tensor data inside the file): llama.cpp turns
+//! its own C++ exceptions into a return code, but an assertion inside ggml
+//! would abort the process. llama.cpp writes to a hidden temporary file
 //! beside the output, which is renamed only when everything (hash, manifest)
-//! has succeeded; a failure removes it.
+//! has succeeded; a failure removes it (a killed process leaves
+//! `.NAME.quantizing`, which the next run overwrites).
 //!
 //! The result does not depend on the thread count: llama.cpp quantizes each
 //! row on its own, so the same input and type give the same bytes.

@@ -8,5 +8,6 @@ mod device;
 mod download;
 mod errors;
 mod guest_cache;
+mod prefix;
 mod quantize;
 mod sandbox;

@@ -126,6 +126,8 @@ pub enum Command {
         /// The file to check.
         path: Option<PathBuf>,
     },
+    /// Show what the app keeps on disk: models, settings, saved prompt states, compiled guests.
+    Info,
     /// Measure thread counts on this device and store the best for the model.
     Tune(tune::TuneArgs),
     /// Sign and check guest components.
@@ -153,6 +155,9 @@ pub enum Command {
         /// Think time between `prepare` and send in the prepared case, ms.
         #[arg(long, default_value_t = 3000)]
         think_ms: u64,
+        /// Repetitions of the prefix-cache restarts; 0 skips them.
+        #[arg(long, default_value_t = 5)]
+        prefix_reps: usize,
     },
     /// Quantize a GGUF model with llama.cpp's quantizer; writes the release manifest next to it.
     Quantize(quantize::QuantizeArgs),
@@ -220,6 +225,41 @@ pub struct CliContext {
     pub policy: bittybot_host::GuestPolicy,
 }
 
+/// `bittybot info`.
+fn info(ctx: &CliContext) -> Result<()> {
+    println!("data directory: {}", ctx.data_dir.display());
+    println!("guest: {} (SHA-256 {})", ctx.guest.label(), ctx.guest.sha256());
+    println!(
+        "host implements bittybot:core@{}; {}",
+        bittybot_host::guest::WIT_VERSION,
+        bittybot_host::llama::LLAMA_CPP_VERSION
+    );
+    for (title, dir, filter) in [
+        ("models", "models", None),
+        ("saved prompt states", "state", Some("prefix-")),
+        ("compiled guests", "cache", None),
+    ] {
+        let mut files: Vec<(String, u64)> = std::fs::read_dir(ctx.data_dir.join(dir))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let keep = filter.is_none_or(|f| name.starts_with(f));
+                        keep.then(|| (name, e.metadata().map(|m| m.len()).unwrap_or(0)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        let total: u64 = files.iter().map(|f| f.1).sum();
+        println!("{title}: {} files, {:.1} MB", files.len(), total as f64 / 1e6);
+        for (name, size) in files {
+            println!("  {name}  {:.1} MB", size as f64 / 1e6);
+        }
+    }
+    Ok(())
+}
+
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let ctx = CliContext {
@@ -260,7 +300,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Spec(args) => quantize::spec(&ctx, &args),
         Command::Guest(cmd) => guest::run(&cmd),
         Command::Tune(args) => tune::tune(&ctx, &args),
-        Command::Bench { model, reps, max_tokens, prompt, json, evict_reps, think_ms } => {
+        Command::Info => info(&ctx),
+        Command::Bench { model, reps, max_tokens, prompt, json, evict_reps, think_ms, prefix_reps } => {
             let model_path = match &model.model {
                 Some(p) => p.clone(),
                 None => model::managed_path(&ctx, model.spec.as_ref())?,
@@ -279,6 +320,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 max_tokens,
                 evict_reps,
                 think: std::time::Duration::from_millis(think_ms),
+                prefix_reps,
             };
             let report = bench::run(&cfg, |m| eprintln!("bench: {m}"))?;
             if json {

@@ -120,6 +120,7 @@ fn info(f: &ModelFacts) -> ModelInfo {
             use_mmap: f.use_mmap,
         },
         llama_version: LLAMA_CPP_VERSION.to_owned(),
+        model_id: f.model_id.clone(),
     }
 }
 
@@ -229,16 +230,45 @@ impl wit::Host for InferenceCtx {
         let _ = self.worker.call(move |st| st.loaded().and_then(|l| l.kv_shift(seq, p0, p1, delta)));
     }
 
-    fn state_save(&mut self, seq: u32, file: FileRef, tokens: Vec<i32>) -> Result<u64, InferenceError> {
+    fn state_save(
+        &mut self,
+        seq: u32,
+        file: FileRef,
+        tokens: Vec<i32>,
+    ) -> Result<wit::SavedState, InferenceError> {
         let path = self.folders.resolve(&file).map_err(|e| InferenceError::Io(e.to_string()))?;
-        self.worker
-            .call(move |st| st.loaded()?.state_save(seq, &path, &tokens))
+        let tmp = path.with_extension("tmp");
+        let target = tmp.clone();
+        let bytes = self
+            .worker
+            .call(move |st| st.loaded()?.state_save(seq, &target, &tokens))
             .and_then(|r| r)
-            .map_err(to_wit)
+            .map_err(to_wit)?;
+        // Durable and whole, or not there at all.
+        let sha256 =
+            crate::hashing::hash_file(&tmp, |_, _| true).map_err(|e| InferenceError::Io(e.to_string()))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| InferenceError::Io(format!("{}: {e}", path.display())))?;
+        Ok(wit::SavedState { bytes, sha256 })
     }
 
-    fn state_load(&mut self, seq: u32, file: FileRef) -> Result<Vec<i32>, InferenceError> {
+    fn state_load(
+        &mut self,
+        seq: u32,
+        file: FileRef,
+        sha256: Option<String>,
+    ) -> Result<Vec<i32>, InferenceError> {
         let path = self.folders.resolve(&file).map_err(|e| InferenceError::Io(e.to_string()))?;
+        if let Some(expected) = sha256 {
+            let actual = crate::hashing::hash_file(&path, |_, _| true)
+                .map_err(|e| InferenceError::Io(e.to_string()))?;
+            if actual != expected {
+                self.kv_clear(seq);
+                return Err(InferenceError::Io(format!("{} is damaged (checksum mismatch)", path.display())));
+            }
+        }
         self.worker.call(move |st| st.loaded()?.state_load(seq, &path)).and_then(|r| r).map_err(to_wit)
     }
 }

@@ -63,6 +63,8 @@ pub struct ModelFacts {
     pub threads_batch: u32,
     /// mmap.
     pub use_mmap: bool,
+    /// Name, size and modification time of the file: a cheap content identity.
+    pub model_id: String,
 }
 
 /// Largest context per sequence we accept (llama.cpp positions are i32).
@@ -151,6 +153,7 @@ impl<'m> Loaded<'m> {
             threads: req.threads,
             threads_batch: req.threads_batch,
             use_mmap: req.use_mmap,
+            model_id: model_id(&req.path),
         };
         let loaded = Loaded {
             model,
@@ -321,6 +324,17 @@ impl<'m> Loaded<'m> {
             LlamaError::Io(format!("cannot restore sequence {seq}: {e}"))
         })
     }
+}
+
+fn model_id(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let meta = std::fs::metadata(path).ok();
+    let size = meta.as_ref().map_or(0, |m| m.len());
+    let mtime = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{name}:{size}:{mtime}")
 }
 
 /// Check every token id is in a vocabulary of `n_vocab` tokens.
