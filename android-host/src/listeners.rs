@@ -159,7 +159,7 @@ impl ReplyListener for JavaReplyListener {
             env.call_method(
                 l,
                 jni_str!("onDone"),
-                jni_sig!("(Ljava/lang/String;IIIIDDDDD)V"),
+                jni_sig!("(Ljava/lang/String;IIIIDDDDDZ)V"),
                 &[
                     JValue::Object(&stop),
                     JValue::Int(int(s.prompt_tokens)),
@@ -171,6 +171,7 @@ impl ReplyListener for JavaReplyListener {
                     JValue::Double(s.decode_ms),
                     JValue::Double(s.prompt_tokens_per_s),
                     JValue::Double(s.decode_tokens_per_s),
+                    JValue::Bool(s.prefix_cached),
                 ],
             )?;
             Ok(())

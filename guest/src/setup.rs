@@ -232,7 +232,9 @@ enum Phase<T, H> {
     Preflight,
     Downloading(T),
     Retrying { at: Instant },
+    /// All bytes are in; the hash computed while writing is compared next.
     Downloaded { bytes: u64, sha256: String },
+    Compare { bytes: u64, sha256: String },
     Done,
 }
 
@@ -346,7 +348,12 @@ impl<IO: SetupIo> Setup<IO> {
                 }
                 self.start_transfer(&spec)
             }
-            Phase::Downloaded { bytes, sha256 } => self.accept(&spec, &sha256, bytes, VerifiedBy::Download),
+            Phase::Downloaded { bytes, sha256 } => {
+                let p = self.progress(bytes, spec.size);
+                self.phase = Phase::Compare { bytes, sha256 };
+                Ok(State::Verifying(p))
+            }
+            Phase::Compare { bytes, sha256 } => self.accept(&spec, &sha256, bytes, VerifiedBy::Download),
             Phase::Done => Err(SetupError::Io("setup already finished".into())),
         }
     }
@@ -417,9 +424,10 @@ impl<IO: SetupIo> Setup<IO> {
                 Ok(State::Downloading(self.progress(done, total.unwrap_or(spec.size))))
             }
             Ok(TransferPoll::Finished { bytes, sha256 }) => {
+                // The bar reaches 100 % before "verifying" shows, however the polls fell.
                 let p = self.progress(bytes, spec.size);
                 self.phase = Phase::Downloaded { bytes, sha256 };
-                Ok(State::Verifying(p))
+                Ok(State::Downloading(p))
             }
             Err(e) if is_transient(&e) && self.attempt <= spec.retries => {
                 let delay = spec.retry_base_ms as u64 * (1u64 << (self.attempt - 1).min(10));
@@ -655,6 +663,12 @@ mod tests {
         let states = run(&mut s);
         assert!(matches!(states[0], State::Checking));
         assert!(matches!(states[1], State::Preflight));
+        // The download bar reaches the full size before "verifying" shows.
+        let first_verifying = states.iter().position(|s| matches!(s, State::Verifying(_))).unwrap();
+        match &states[first_verifying - 1] {
+            State::Downloading(p) => assert_eq!((p.done, p.total), (MODEL.len() as u64, MODEL.len() as u64)),
+            other => panic!("before verifying: {other:?}"),
+        }
         match states.last().unwrap() {
             State::Ready(r) => {
                 assert_eq!(r.verified_by, VerifiedBy::Download);

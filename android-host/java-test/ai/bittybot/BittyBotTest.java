@@ -138,10 +138,20 @@ public final class BittyBotTest {
         check("reset() starts the chat afresh", () -> {
             bot.configure(BittyBot.CHAT, 16, 0f);
             bot.reset(BittyBot.CHAT);
-            Reply r = turn(bot, BittyBot.CHAT, "Hello!");
-            expect(r.stats != null, "error " + r.error);
-            expect(r.stats.kvTokens <= r.stats.promptTokens + r.stats.generatedTokens, "stats " + r.stats);
-            return r.stats.toString();
+            Reply a = turn(bot, BittyBot.CHAT, "Hello!");
+            expect(a.stats != null, "error " + a.error);
+            // Without a reset the history grows ...
+            Reply more = turn(bot, BittyBot.CHAT, "Hello!");
+            expect(more.stats != null && more.stats.kvTokens > a.stats.kvTokens, "no reset: " + more.stats);
+            // ... after one, the same turn sees exactly what the first saw: the system turn
+            // (restored, not evaluated again) and nothing of the earlier talk.
+            bot.reset(BittyBot.CHAT);
+            Reply b = turn(bot, BittyBot.CHAT, "Hello!");
+            expect(b.stats != null, "error " + b.error);
+            expect(b.stats.prefixCached, "the system turn was evaluated again: " + b.stats);
+            expect(b.stats.kvTokens == a.stats.kvTokens && b.text().equals(a.text()),
+                    "after reset " + b.stats + " \"" + b.text() + "\" vs " + a.stats + " \"" + a.text() + "\"");
+            return b.stats.toString();
         });
 
         check("an exception in onChunk cancels the reply: onError(listener), next turn works", () -> {

@@ -17,9 +17,10 @@ final class ReplyBridge {
     }
 
     void onDone(String stop, int promptTokens, int generatedTokens, int kvTokens, int droppedTurns, double ttftMs,
-            double promptMs, double decodeMs, double promptTokensPerSecond, double decodeTokensPerSecond) {
+            double promptMs, double decodeMs, double promptTokensPerSecond, double decodeTokensPerSecond,
+            boolean prefixCached) {
         listener.onDone(new Stats(stop, promptTokens, generatedTokens, kvTokens, droppedTurns, ttftMs, promptMs,
-                decodeMs, promptTokensPerSecond, decodeTokensPerSecond));
+                decodeMs, promptTokensPerSecond, decodeTokensPerSecond, prefixCached));
     }
 
     void onError(String kind, String message) {

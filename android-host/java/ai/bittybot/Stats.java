@@ -22,9 +22,12 @@ public final class Stats {
     public final double promptTokensPerSecond;
     /** Generated tokens per second. */
     public final double decodeTokensPerSecond;
+    /** The system turn came from the saved prefix (memory or disk) instead of being evaluated. */
+    public final boolean prefixCached;
 
     Stats(String stop, int promptTokens, int generatedTokens, int kvTokens, int droppedTurns, double ttftMs,
-            double promptMs, double decodeMs, double promptTokensPerSecond, double decodeTokensPerSecond) {
+            double promptMs, double decodeMs, double promptTokensPerSecond, double decodeTokensPerSecond,
+            boolean prefixCached) {
         this.stop = stop;
         this.promptTokens = promptTokens;
         this.generatedTokens = generatedTokens;
@@ -35,13 +38,14 @@ public final class Stats {
         this.decodeMs = decodeMs;
         this.promptTokensPerSecond = promptTokensPerSecond;
         this.decodeTokensPerSecond = decodeTokensPerSecond;
+        this.prefixCached = prefixCached;
     }
 
     @Override
     public String toString() {
         return String.format(java.util.Locale.ROOT,
-                "Stats{stop=%s, prompt=%d tok (%.1f tok/s), generated=%d tok (%.1f tok/s), kv=%d, dropped=%d, ttft=%.0f ms}",
+                "Stats{stop=%s, prompt=%d tok (%.1f tok/s), generated=%d tok (%.1f tok/s), kv=%d, dropped=%d, ttft=%.0f ms, prefix=%s}",
                 stop, promptTokens, promptTokensPerSecond, generatedTokens, decodeTokensPerSecond, kvTokens,
-                droppedTurns, ttftMs);
+                droppedTurns, ttftMs, prefixCached ? "cached" : "evaluated");
     }
 }
