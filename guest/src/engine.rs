@@ -118,4 +118,7 @@ pub trait Engine {
     /// Bring the model's pages back into memory (joining a background warmup
     /// if one runs); returns the milliseconds it took.
     fn warm_up(&self) -> Result<f64, EngineError>;
+    /// Start bringing the model's pages back in the background (unless a
+    /// warmup already runs) and return at once.
+    fn warm_up_background(&self);
 }

@@ -198,6 +198,13 @@ impl Engine for HostEngine {
         }
         Ok(started.elapsed().as_secs_f64() * 1000.0)
     }
+
+    fn warm_up_background(&self) {
+        if !warmup_running() {
+            let job = start_warmup();
+            STATE.with(|s| s.borrow_mut().warmup = job);
+        }
+    }
 }
 
 /// The model's identity for cached states: its verified SHA-256 when the
@@ -767,8 +774,7 @@ impl api::GuestSession for SessionResource {
         }
         let low = HostEngine.residency().is_some_and(|r| r < session::REWARM_BELOW);
         if low {
-            let job = start_warmup();
-            STATE.with(|s| s.borrow_mut().warmup = job);
+            HostEngine.warm_up_background();
         }
         low
     }

@@ -706,14 +706,19 @@ impl<S: Sampler> Generation<S> {
                 return Ok(self.finish(session, StopReason::Cancelled));
             }
             if !self.to_decode.is_empty() {
-                // Pages evicted while the app was idle: read them back in one
-                // sequential pass rather than one fault at a time.
+                // Pages evicted while the app was idle: a sequential pass on
+                // another thread reads them back while the prompt is evaluated,
+                // so decoding waits only for pages the pass has not reached
+                // yet instead of faulting them in one by one. Alongside rather
+                // than before the prompt: on the phone 6 of 8 cores sit idle
+                // while 2 decode, so the pass costs the prompt nothing. (On
+                // the 2-core build machine neither order beat plain faulting;
+                // see README, `bittybot bench` case c.)
                 self.residency = engine.residency().unwrap_or(1.0);
                 if self.rewarm && self.residency < REWARM_BELOW {
-                    match engine.warm_up() {
-                        Ok(ms) => self.warmup_ms = ms,
-                        Err(e) => return self.fail(session, e),
-                    }
+                    let started = Instant::now();
+                    engine.warm_up_background();
+                    self.warmup_ms = started.elapsed().as_secs_f64() * 1000.0;
                 }
                 let prompt = std::mem::take(&mut self.to_decode);
                 self.prompt_start = Some(Instant::now());

@@ -231,10 +231,18 @@ enum Phase<T, H> {
     Verifying(H),
     Preflight,
     Downloading(T),
-    Retrying { at: Instant },
+    Retrying {
+        at: Instant,
+    },
     /// All bytes are in; the hash computed while writing is compared next.
-    Downloaded { bytes: u64, sha256: String },
-    Compare { bytes: u64, sha256: String },
+    Downloaded {
+        bytes: u64,
+        sha256: String,
+    },
+    Compare {
+        bytes: u64,
+        sha256: String,
+    },
     Done,
 }
 

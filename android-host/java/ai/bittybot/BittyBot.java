@@ -8,7 +8,8 @@ import java.util.concurrent.atomic.AtomicBoolean;
  *
  * <pre>{@code
  * BittyBot bot = BittyBot.create(context.getFilesDir() + "/bittybot", null);
- * bot.setModelPath(modelFile);              // stand-in until the model download lands
+ * // Optional: bot.setModelPath(file) for a model already on the device;
+ * // without it start() downloads and verifies the spec's model.
  * bot.start(stateListener);                 // returns at once; onReady() when loaded
  * bot.send(BittyBot.CHAT, "Hello!", replyListener);
  * ...
