@@ -35,6 +35,10 @@ pub struct Cli {
     /// Print start-up figures (guest cache, instantiation) to stderr.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// CPU time the guest may use in one call before it is stopped, ms
+    /// (default 5000; raise it under an emulator such as qemu).
+    #[arg(long, global = true)]
+    pub call_budget_ms: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -197,6 +201,9 @@ pub fn start_runtime(cli: &CliContext, model: Option<&PathBuf>) -> Result<Runtim
     options.guest = cli.guest.clone();
     options.policy = cli.policy.clone();
     options.model = model.cloned();
+    if let Some(budget) = cli.call_budget {
+        options.call_budget = budget;
+    }
     let rt = Runtime::start(options)?;
     if cli.verbose {
         let r = rt.start_report();
@@ -223,6 +230,8 @@ pub struct CliContext {
     pub verbose: bool,
     /// The guest integrity policy.
     pub policy: bittybot_host::GuestPolicy,
+    /// The guest's CPU-time budget per call, when not the default.
+    pub call_budget: Option<std::time::Duration>,
 }
 
 /// `bittybot info`.
@@ -267,6 +276,7 @@ pub fn run(cli: Cli) -> Result<()> {
         guest: guest_source(cli.guest.as_ref())?,
         verbose: cli.verbose,
         policy: guest::policy(cli.guest_sha256.as_deref(), cli.guest_pubkey.as_deref())?,
+        call_budget: cli.call_budget_ms.map(std::time::Duration::from_millis),
     };
     match cli.command {
         Command::Chat(args) => chat::chat(&ctx, &args),
