@@ -12,16 +12,17 @@ fn main() {
     let manifest =
         PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest.parent().expect("tests/ is inside the workspace").to_path_buf();
-    for p in [
-        "guest/src",
-        "guest/templates",
-        "guest/Cargo.toml",
-        "wit",
-        "tests/guests/hostile/src",
-        "tests/guests/hostile/Cargo.toml",
-    ] {
-        println!("cargo:rerun-if-changed={}", root.join(p).display());
-    }
+    build_support::rerun_if_changed(
+        &root,
+        &[
+            "guest/src",
+            "guest/templates",
+            "guest/Cargo.toml",
+            "wit",
+            "tests/guests/hostile/src",
+            "tests/guests/hostile/Cargo.toml",
+        ],
+    );
 
     let shout = build_support::build_guest(&root, &["--features", "shout"]);
     println!("cargo:rustc-env=BITTYBOT_SHOUT_GUEST={}", shout.display());

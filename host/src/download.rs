@@ -164,8 +164,11 @@ pub fn run(req: &DownloadRequest, ctx: &JobCtx<Progress>) -> Result<Finished, Do
     }
     let mut response = request.call().map_err(connect_error)?;
     let status = response.status().as_u16();
-    let mut restarted = false;
-    let total = match status {
+    // 206 with the range we asked for continues our prefix. Anything else
+    // starts over from byte 0: a 200 is the whole file already; another
+    // range, or a 416 (our prefix is not that file's), is fetched again
+    // without a range.
+    let (continued, refetch) = match status {
         206 => {
             let range = response
                 .headers()
@@ -173,40 +176,32 @@ pub fn run(req: &DownloadRequest, ctx: &JobCtx<Progress>) -> Result<Finished, Do
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_content_range);
             match range {
-                Some((start, total)) if start == existing => total,
-                _ => {
-                    // A range we did not ask for: start over without one.
-                    drop(response);
-                    existing = 0;
-                    hasher = Sha256::new();
-                    restarted = true;
-                    response = agent.get(&req.url).call().map_err(connect_error)?;
-                    check_status(response.status().as_u16())?;
-                    response.body().content_length()
-                }
+                Some((start, total)) if start == existing => (Some(total), false),
+                _ => (None, true),
             }
         }
-        200 => {
-            if existing > 0 {
+        200 => (None, false),
+        416 => (None, true),
+        s => {
+            check_status(s)?;
+            return Err(DownloadError::Http(s));
+        }
+    };
+    let mut restarted = false;
+    let total = match continued {
+        Some(total) => total,
+        None => {
+            if refetch {
+                drop(response);
+                response = agent.get(&req.url).call().map_err(connect_error)?;
+                check_status(response.status().as_u16())?;
+            }
+            if refetch || existing > 0 {
                 existing = 0;
                 hasher = Sha256::new();
                 restarted = true;
             }
             response.body().content_length()
-        }
-        416 => {
-            // Nothing left to send from there: our prefix is not that file's. Start over.
-            drop(response);
-            existing = 0;
-            hasher = Sha256::new();
-            restarted = true;
-            response = agent.get(&req.url).call().map_err(connect_error)?;
-            check_status(response.status().as_u16())?;
-            response.body().content_length()
-        }
-        s => {
-            check_status(s)?;
-            return Err(DownloadError::Http(s));
         }
     };
     let total = total.or(total_hint);

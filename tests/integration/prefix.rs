@@ -3,21 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use bittybot_host::{LoadOptions, ModelSource, Runtime, SessionKind, SessionOptions};
-use bittybot_tests::{demo_model, model_file, options, temp_dir};
+use bittybot_host::{Runtime, SessionKind, SessionOptions};
+use bittybot_tests::{demo_model, model_file, runtime_with, temp_dir};
 
 fn runtime(dir: &Path, model: PathBuf) -> Runtime {
-    let mut rt = Runtime::start(options(dir, Some(model))).unwrap();
-    rt.load_model(&LoadOptions {
-        source: ModelSource::Provided,
-        n_ctx: Some(1024),
-        n_batch: None,
-        threads: Some(2),
-        threads_batch: Some(2),
-        use_mmap: None,
-    })
-    .unwrap();
-    rt
+    runtime_with(dir, model, 1024)
 }
 
 /// One greedy turn in a fresh session: (text, prompt tokens evaluated, prefix cached).

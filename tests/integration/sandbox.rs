@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use bittybot_host::guest::{generate_key, sign};
 use bittybot_host::{
-    GuestError, GuestPolicy, GuestSource, LoadOptions, ModelSource, Runtime, RuntimeError, SessionKind,
-    SessionOptions, SetupState, VerifiedBy,
+    GuestError, GuestPolicy, GuestSource, Runtime, RuntimeError, SessionKind, SessionOptions, SetupState,
+    VerifiedBy,
 };
 use bittybot_tests::http::FileServer;
-use bittybot_tests::{demo_model, model_file, options, temp_dir};
+use bittybot_tests::{demo_model, load_provided, model_file, options, temp_dir};
 
 fn shout_guest() -> GuestSource {
     GuestSource::from_file(env!("BITTYBOT_SHOUT_GUEST").as_ref()).unwrap()
@@ -20,15 +20,7 @@ fn hostile_guest() -> GuestSource {
 }
 
 fn load(rt: &mut Runtime) {
-    rt.load_model(&LoadOptions {
-        source: ModelSource::Provided,
-        n_ctx: Some(1024),
-        n_batch: None,
-        threads: Some(2),
-        threads_batch: Some(2),
-        use_mmap: None,
-    })
-    .unwrap();
+    load_provided(rt, 1024);
 }
 
 fn translate(rt: &mut Runtime, text: &str) -> String {

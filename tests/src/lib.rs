@@ -53,6 +53,12 @@ pub fn options(data_dir: &Path, model: Option<PathBuf>) -> RuntimeOptions {
 /// A runtime with `model` loaded (n_ctx per session, 2 threads).
 pub fn runtime_with(data_dir: &Path, model: PathBuf, n_ctx: u32) -> Runtime {
     let mut rt = Runtime::start(options(data_dir, Some(model))).expect("start the runtime");
+    load_provided(&mut rt, n_ctx);
+    rt
+}
+
+/// Load the runtime's provided model (n_ctx per session, 2 threads).
+pub fn load_provided(rt: &mut Runtime, n_ctx: u32) {
     rt.load_model(&LoadOptions {
         source: ModelSource::Provided,
         n_ctx: Some(n_ctx),
@@ -62,5 +68,4 @@ pub fn runtime_with(data_dir: &Path, model: PathBuf, n_ctx: u32) -> Runtime {
         use_mmap: None,
     })
     .expect("load the model");
-    rt
 }
