@@ -115,9 +115,6 @@ pub trait Engine {
     fn prefix_restore(&self, seq: u32, key: &str, tokens: &[Token]) -> bool;
     /// Keep the state of `seq`, which holds exactly `tokens`, for later.
     fn prefix_store(&self, seq: u32, key: &str, tokens: &[Token]);
-    /// Bring the model's pages back into memory (joining a background warmup
-    /// if one runs); returns the milliseconds it took.
-    fn warm_up(&self) -> Result<f64, EngineError>;
     /// Start bringing the model's pages back in the background (unless a
     /// warmup already runs) and return at once.
     fn warm_up_background(&self);

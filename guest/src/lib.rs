@@ -173,32 +173,6 @@ impl Engine for HostEngine {
         let source = STATE.with(|s| s.borrow().loaded.as_ref().map(|l| l.source.clone()))?;
         files::residency(&source).ok()
     }
-    fn warm_up(&self) -> Result<f64, EngineError> {
-        let started = std::time::Instant::now();
-        // Join a warmup still running (after load, or from `prepare`); a
-        // finished one says nothing about the pages now.
-        let running = STATE
-            .with(|s| s.borrow_mut().warmup.take())
-            .filter(|w| matches!(w.wait(0), Ok(files::WarmupState::Running(_))));
-        let job = running.or_else(start_warmup);
-        let Some(job) = job else { return Ok(0.0) };
-        loop {
-            if platform::cancel_requested() {
-                job.cancel();
-                return Err(EngineError::Cancelled);
-            }
-            match job.wait(250) {
-                Ok(files::WarmupState::Running(_)) => continue,
-                Ok(files::WarmupState::Done(_)) => break,
-                Err(files::FileError::Cancelled) => return Err(EngineError::Cancelled),
-                Err(files::FileError::NotFound(m) | files::FileError::Io(m)) => {
-                    return Err(EngineError::Failed(format!("warmup: {m}")));
-                }
-            }
-        }
-        Ok(started.elapsed().as_secs_f64() * 1000.0)
-    }
-
     fn warm_up_background(&self) {
         if !warmup_running() {
             let job = start_warmup();
