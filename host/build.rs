@@ -1,6 +1,8 @@
 //! Builds the guest component for `wasm32-wasip2` (so the host always embeds
-//! the current guest) and records the llama.cpp version from Cargo.lock.
-//! (How: `build_support.rs`, shared with `tests/build.rs`.)
+//! the current guest), compiles the exception-catching C++ shim around
+//! llama.cpp's C API (`src/llama/shim.cpp`, against llama-cpp-sys-2's
+//! headers), and records the llama.cpp version from Cargo.lock.
+//! (The guest build: `build_support.rs`, shared with `tests/build.rs`.)
 
 #[path = "build_support.rs"]
 mod build_support;
@@ -18,6 +20,7 @@ fn main() {
         &["guest/src", "guest/templates", "guest/Cargo.toml", "wit", "Cargo.lock"],
     );
 
+    shim();
     let wasm = build_support::build_guest(&root, &[]);
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let embedded = out.join("bittybot_guest.wasm");
@@ -28,6 +31,19 @@ fn main() {
     println!("cargo:rustc-env=BITTYBOT_GUEST_SHA256={sum}");
     println!("cargo:rustc-env=BITTYBOT_LLAMA_CPP_VERSION={}", llama_version(&root));
     println!("cargo:rustc-env=BITTYBOT_WIT_VERSION={}", wit_version(&root));
+}
+
+/// The C++ shim, against the headers llama-cpp-sys-2 installed (`DEP_LLAMA_ROOT/include`).
+fn shim() {
+    println!("cargo:rerun-if-changed=src/llama/shim.cpp");
+    let root = std::env::var_os("DEP_LLAMA_ROOT").expect("llama-cpp-sys-2 exports its build root (links = \"llama\")");
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .file("src/llama/shim.cpp")
+        .include(PathBuf::from(root).join("include"))
+        .warnings(true)
+        .compile("bittybot_llama_shim");
 }
 
 /// The version of `package bittybot:core@X;` in wit/world.wit.

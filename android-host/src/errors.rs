@@ -60,7 +60,7 @@ impl<T: Default> ErrorPolicy<T, Failure> for ThrowBittyBot {
         _cap: &mut Self::Captures<'unowned_env_local, 'native_method>,
         payload: Box<dyn std::any::Any + Send + 'static>,
     ) -> jni::errors::Result<T> {
-        let message = bittybot_host::service::panic_message(payload.as_ref());
+        let message = bittybot_host::panic_message(payload.as_ref());
         throw(env, ErrorKind::Panic.as_str(), &format!("native code panicked: {message}"))?;
         Ok(T::default())
     }

@@ -24,7 +24,7 @@ mod registry;
 
 use jni::EnvUnowned;
 use jni::objects::{JClass, JObject, JString};
-use jni::sys::{jfloat, jint, jlong};
+use jni::sys::{jboolean, jfloat, jint, jlong};
 
 use crate::errors::{Failure, ThrowBittyBot, optional_string, required_string, session_kind};
 use crate::listeners::{JavaReplyListener, JavaStateListener};
@@ -71,6 +71,22 @@ pub extern "system" fn Java_ai_bittybot_BittyBot_nativeSetModelSpec<'l>(
     env.with_env(|env| -> Result<(), Failure> {
         let json = required_string(env, &json, "json")?;
         registry::get(handle)?.set_model_spec(json)
+    })
+    .resolve::<ThrowBittyBot>()
+}
+
+/// `static void nativeAllowDownloads(long handle, String urlPrefix, boolean allowPrivate)`: widen the network policy (before `start`).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_ai_bittybot_BittyBot_nativeAllowDownloads<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    prefix: JString<'l>,
+    allow_private: jboolean,
+) {
+    env.with_env(|env| -> Result<(), Failure> {
+        let prefix = required_string(env, &prefix, "urlPrefix")?;
+        registry::get(handle)?.allow_downloads(prefix, allow_private)
     })
     .resolve::<ThrowBittyBot>()
 }
@@ -172,8 +188,10 @@ pub extern "system" fn Java_ai_bittybot_BittyBot_nativeClose<'l>(
     env.with_env(|_env| -> Result<(), Failure> { registry::close(handle) }).resolve::<ThrowBittyBot>()
 }
 
-/// `static native void nativeTestPanic()`: test only; panics so the test can
-/// check that a panic becomes a `BittyBotException` of kind `panic`.
+/// `static native void nativeTestPanic()`: the JVM test's entry point (built
+/// only with the `jvm-test` feature, never into an app); panics so the test
+/// can check that a panic becomes a `BittyBotException` of kind `panic`.
+#[cfg(feature = "jvm-test")]
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_ai_bittybot_BittyBot_nativeTestPanic<'l>(
     mut env: EnvUnowned<'l>,

@@ -33,8 +33,10 @@ fn closed(handle: jlong) -> Failure {
 /// Register a new instance; returns its handle.
 pub fn create(data_dir: PathBuf, guest: Option<PathBuf>) -> jlong {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let mut options = ServiceOptions::new(&data_dir);
+    options.guest_file = guest;
     let instance =
-        Instance { data_dir, guest, setup: Mutex::new(Setup::default()), service: OnceLock::new() };
+        Instance { setup: Mutex::new(Setup { options, model: None, started: false }), service: OnceLock::new() };
     live().insert(id, Arc::new(instance));
     id
 }
@@ -54,20 +56,15 @@ pub fn close(handle: jlong) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Settings given before `start`.
-#[derive(Default)]
+/// Settings given before `start`: the service's options, and the model file.
 struct Setup {
+    options: ServiceOptions,
     model: Option<PathBuf>,
-    spec: Option<String>,
-    configure: Vec<(SessionKind, SessionOptions)>,
-    languages: Option<(Option<String>, String)>,
     started: bool,
 }
 
 /// One `BittyBot` object's native side.
 pub struct Instance {
-    data_dir: PathBuf,
-    guest: Option<PathBuf>,
     setup: Mutex<Setup>,
     service: OnceLock<Service>,
 }
@@ -90,7 +87,20 @@ impl Instance {
                 "setModelSpec must be called before start()",
             ));
         }
-        setup.spec = Some(json);
+        setup.options.spec_json = Some(json);
+        Ok(())
+    }
+
+    /// Widen the network policy: downloads may also come from `prefix`.
+    pub fn allow_downloads(&self, prefix: String, allow_private: bool) -> Result<(), Failure> {
+        let mut setup = self.setup();
+        if setup.started {
+            return Err(Failure::new(ErrorKind::InvalidArgument, "allowDownloadsFrom must be called before start()"));
+        }
+        let network = &mut setup.options.runtime.network;
+        network.allow(&prefix);
+        network.allow_http |= prefix.starts_with("http://");
+        network.allow_private |= allow_private;
         Ok(())
     }
 
@@ -113,16 +123,7 @@ impl Instance {
         if setup.started {
             return Err(Failure::new(ErrorKind::InvalidArgument, "start() was already called"));
         }
-        let mut options = ServiceOptions::new(&self.data_dir);
-        options.guest_file = self.guest.clone();
-        options.spec_json = setup.spec.clone();
-        let service = Service::start(options, setup.model.clone(), listener)?;
-        for (kind, options) in setup.configure.drain(..) {
-            service.configure(kind, options)?;
-        }
-        if let Some((from, to)) = setup.languages.take() {
-            service.set_languages(from, to)?;
-        }
+        let service = Service::start(setup.options.clone(), setup.model.clone(), listener)?;
         setup.started = true;
         let _ = self.service.set(service);
         Ok(())
@@ -136,7 +137,7 @@ impl Instance {
         match self.service.get() {
             Some(service) => Ok(service.configure(kind, options)?),
             None => {
-                self.setup().configure.push((kind, options));
+                self.setup().options.sessions.push((kind, options));
                 Ok(())
             }
         }
@@ -147,7 +148,7 @@ impl Instance {
         match self.service.get() {
             Some(service) => Ok(service.set_languages(from, to)?),
             None => {
-                self.setup().languages = Some((from, to));
+                self.setup().options.languages = Some((from, to));
                 Ok(())
             }
         }

@@ -30,6 +30,10 @@ fn options(dir: &Path) -> ServiceOptions {
     o.runtime.cache_dir = Some(workspace().join("target/test-guest-cache"));
     o.load.threads = Some(2);
     o.load.threads_batch = Some(2);
+    // The tests' model servers are on loopback: the app's opt-in.
+    o.runtime.network.allow("http://127.0.0.1:");
+    o.runtime.network.allow_http = true;
+    o.runtime.network.allow_private = true;
     o
 }
 

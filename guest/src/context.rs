@@ -7,7 +7,7 @@
 //! them again, the dropped block is removed and the rest shifted down (what
 //! llama.cpp calls a context shift).
 
-use crate::engine::Token;
+use crate::host::Token;
 
 /// The KV operations that turn `old` into a prefix of `new`.
 #[derive(Debug, Clone, PartialEq, Eq)]

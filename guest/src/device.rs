@@ -6,20 +6,8 @@
 //! core — the Exynos 1280 (2 × A78 + 6 × A55) gets 2, not 8. A tuned value
 //! (from `bittybot tune`) wins over the default; an explicit one wins over both.
 
-/// One CPU as the host read it from sysfs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Core {
-    /// CPU number.
-    pub id: u32,
-    /// Online?
-    pub online: bool,
-    /// Maximum frequency in kHz.
-    pub max_freq_khz: Option<u32>,
-    /// `cpu_capacity`.
-    pub capacity: Option<u32>,
-    /// Cluster id.
-    pub cluster: Option<u32>,
-}
+/// One CPU as the host read it from sysfs (the WIT's `cpu-core`).
+pub type Core = crate::host::CpuCore;
 
 /// Most threads the default ever picks.
 pub const MAX_DEFAULT_THREADS: u32 = 8;

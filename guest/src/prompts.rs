@@ -89,10 +89,6 @@ pub fn language_name(input: &str) -> String {
 }
 
 /// System prompt of chat sessions.
-#[cfg(feature = "shout")]
-pub const CHAT_SYSTEM_PROMPT: &str = "You are LOUDBOT. Answer in capital letters.";
-/// System prompt of chat sessions.
-#[cfg(not(feature = "shout"))]
 pub const CHAT_SYSTEM_PROMPT: &str = "You are BittyBot, a friendly assistant that runs \
 offline on the user's phone. Answer helpfully, clearly and concisely. Reply in the \
 language the user writes in unless they ask for another one.";

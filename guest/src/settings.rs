@@ -1,16 +1,16 @@
 //! `state/settings.json`: what the app remembers between starts — records of
-//! verified model files (so a start does not hash 1.66 GB) and tuned thread
-//! counts per model.
+//! verified model files (so a start does not hash 1.66 GB), tuned thread
+//! counts per model, and the saved prompt-prefix states.
 //!
-//! Written atomically (temporary file, fsync, rename). A missing, corrupt or
-//! truncated file reads as empty settings: never fatal, at worst a re-hash.
+//! Written through the host's `storage.write`, which replaces the file
+//! atomically. A missing, corrupt or truncated file reads as empty
+//! settings: never fatal, at worst a re-hash.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
+
+use crate::host::{FileError, FileStat, Root, Storage};
 
 /// File name inside the state folder.
 pub const FILE_NAME: &str = "settings.json";
@@ -24,6 +24,13 @@ pub struct VerifiedRecord {
     pub mtime_ns: u128,
     /// Its SHA-256.
     pub sha256: String,
+}
+
+impl VerifiedRecord {
+    /// The record of a file as it is now, with the hash it was found to have.
+    pub fn of(stat: FileStat, sha256: &str) -> Self {
+        VerifiedRecord { size: stat.size, mtime_ns: u128::from(stat.modified_ns), sha256: sha256.to_owned() }
+    }
 }
 
 /// Thread counts measured best by `bittybot tune`.
@@ -58,98 +65,90 @@ pub struct PrefixFile {
     pub sha256: String,
 }
 
-/// Size and modification time of a file, as a verified record keeps them.
-pub fn file_identity(path: &Path) -> std::io::Result<(u64, u128)> {
-    let meta = std::fs::metadata(path)?;
-    let mtime = meta.modified()?.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    Ok((meta.len(), mtime))
-}
-
 /// The key tuned settings are stored under for a model file.
 pub fn model_key(file_name: &str, size: u64) -> String {
     format!("{file_name}:{size}")
 }
 
 impl Settings {
-    /// Read settings from a state folder; anything unreadable is empty.
-    pub fn load(state_dir: &Path) -> Settings {
-        std::fs::read(state_dir.join(FILE_NAME))
+    /// Read the settings; anything unreadable is empty.
+    pub fn load(storage: &impl Storage) -> Settings {
+        storage
+            .read(Root::State, FILE_NAME)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default()
     }
 
-    /// Write settings atomically.
-    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
-        let tmp: PathBuf = state_dir.join(format!("{FILE_NAME}.tmp"));
-        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, state_dir.join(FILE_NAME))
+    /// Write the settings (atomically, by the host).
+    pub fn save(&self, storage: &impl Storage) -> Result<(), FileError> {
+        let text = serde_json::to_vec_pretty(self).map_err(|e| FileError::Io(e.to_string()))?;
+        storage.write(Root::State, FILE_NAME, &text)
     }
 
-    /// Whether the file matches its verified record for `sha256`.
-    pub fn is_verified(&self, file_name: &str, path: &Path, sha256: &str) -> bool {
-        let Some(rec) = self.verified.get(file_name) else { return false };
-        match file_identity(path) {
-            Ok((size, mtime)) => rec.size == size && rec.mtime_ns == mtime && rec.sha256 == sha256,
-            Err(_) => false,
+    /// Whether a file (as it is now) matches its verified record for `sha256`.
+    pub fn is_verified(&self, file_name: &str, now: Option<FileStat>, sha256: &str) -> bool {
+        match (self.verified.get(file_name), now) {
+            (Some(rec), Some(now)) => *rec == VerifiedRecord::of(now, sha256),
+            _ => false,
         }
     }
 }
 
-/// Read, change and write settings in one go.
-pub fn update(state_dir: &Path, change: impl FnOnce(&mut Settings)) -> std::io::Result<()> {
-    let mut s = Settings::load(state_dir);
+/// Read, change and write the settings in one go.
+pub fn update(storage: &impl Storage, change: impl FnOnce(&mut Settings)) -> Result<(), FileError> {
+    let mut s = Settings::load(storage);
     change(&mut s);
-    s.save(state_dir)
+    s.save(storage)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn temp() -> PathBuf {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let d = std::env::temp_dir().join(format!("bittybot-settings-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
+    use crate::testing::MemStorage;
 
     #[test]
-    fn round_trip_and_atomic_write() {
-        let dir = temp();
+    fn round_trip() {
+        let st = MemStorage::default();
         let mut s = Settings::default();
         s.tuned_threads.insert(model_key("m.gguf", 5), TunedThreads { decode: 2, batch: 4 });
-        s.save(&dir).unwrap();
-        assert_eq!(Settings::load(&dir), s);
-        assert!(!dir.join("settings.json.tmp").exists());
+        s.save(&st).unwrap();
+        assert_eq!(Settings::load(&st), s);
     }
 
     #[test]
     fn corrupt_or_truncated_settings_read_as_empty() {
-        let dir = temp();
+        let st = MemStorage::default();
         for bad in [&b"{\"verified\": {\"m.gguf\": {\"size\": 1"[..], b"\xff\xfe", b""] {
-            std::fs::write(dir.join(FILE_NAME), bad).unwrap();
-            assert_eq!(Settings::load(&dir), Settings::default());
+            st.write(Root::State, FILE_NAME, bad).unwrap();
+            assert_eq!(Settings::load(&st), Settings::default());
         }
-        assert_eq!(Settings::load(&dir.join("missing")), Settings::default());
+        assert_eq!(Settings::load(&MemStorage::default()), Settings::default());
     }
 
     #[test]
     fn verified_record_requires_same_size_mtime_and_hash() {
-        let dir = temp();
-        let f = dir.join("m.gguf");
-        std::fs::write(&f, b"model").unwrap();
-        let (size, mtime_ns) = file_identity(&f).unwrap();
+        let st = MemStorage::default();
+        st.write(Root::Models, "m.gguf", b"model").unwrap();
+        let now = st.stat(Root::Models, "m.gguf").unwrap();
         let mut s = Settings::default();
-        s.verified.insert("m.gguf".into(), VerifiedRecord { size, mtime_ns, sha256: "aa".into() });
-        assert!(s.is_verified("m.gguf", &f, "aa"));
-        assert!(!s.is_verified("m.gguf", &f, "bb"));
-        std::fs::write(&f, b"model!").unwrap();
-        assert!(!s.is_verified("m.gguf", &f, "aa"));
+        s.verified.insert("m.gguf".into(), VerifiedRecord::of(now.unwrap(), "aa"));
+        assert!(s.is_verified("m.gguf", now, "aa"));
+        assert!(!s.is_verified("m.gguf", now, "bb"));
+        st.write(Root::Models, "m.gguf", b"model!").unwrap();
+        assert!(!s.is_verified("m.gguf", st.stat(Root::Models, "m.gguf").unwrap(), "aa"));
+        assert!(!s.is_verified("m.gguf", None, "aa"));
+    }
+
+    #[test]
+    fn earlier_settings_files_still_read() {
+        // What the 0.1 guest wrote (WASI, pretty JSON, u128 mtime).
+        let st = MemStorage::default();
+        let old = br#"{"verified": {"m.gguf": {"size": 5, "mtime_ns": 1764000000123456789,
+            "sha256": "aa"}}, "tuned_threads": {"m.gguf:5": {"decode": 2, "batch": 2}}}"#;
+        st.write(Root::State, FILE_NAME, old).unwrap();
+        let s = Settings::load(&st);
+        assert_eq!(s.verified["m.gguf"].mtime_ns, 1_764_000_000_123_456_789);
+        assert_eq!(s.tuned_threads["m.gguf:5"], TunedThreads { decode: 2, batch: 2 });
     }
 }

@@ -129,6 +129,19 @@ impl ModelSpec {
         self.size.saturating_add(self.free_space_margin)
     }
 
+    /// The spec as the app sees it, with the derived values.
+    pub fn to_wit(&self) -> crate::wit::app::ModelSpec {
+        crate::wit::app::ModelSpec {
+            url: self.url.clone(),
+            file_name: self.file_name.clone(),
+            size: self.size,
+            sha256: self.sha256.clone(),
+            display_size: self.display_size(),
+            free_space_needed: self.free_space_needed(),
+            min_total_ram: self.min_total_ram,
+        }
+    }
+
     /// Name of the partial download.
     pub fn part_name(&self) -> String {
         format!("{}.part", self.file_name)

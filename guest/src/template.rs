@@ -22,6 +22,12 @@ pub const TINY_AYA_TEMPLATE: &str = include_str!("../templates/tiny-aya.jinja");
 /// Architectures that get the built-in Tiny Aya format.
 const COHERE_ARCHITECTURES: &[&str] = &["cohere2"];
 
+/// Whether a model of this architecture is Tiny Aya (the built-in Cohere
+/// format, and its end-of-turn control tokens).
+pub fn is_tiny_aya(architecture: &str) -> bool {
+    COHERE_ARCHITECTURES.contains(&architecture)
+}
+
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -125,7 +131,7 @@ impl ChatFormat {
         bos_text: &str,
         eos_text: &str,
     ) -> Result<ChatFormat, TemplateError> {
-        let (source, text) = if COHERE_ARCHITECTURES.contains(&architecture) {
+        let (source, text) = if is_tiny_aya(architecture) {
             (FormatSource::BuiltInTinyAya, TINY_AYA_TEMPLATE.to_owned())
         } else {
             match gguf_template {

@@ -4,8 +4,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "bittybot",
     imports: {
-        // Only a host failure (the inference thread gone, the table full) makes these trap.
-        "bittybot:core/inference.[constructor]sampler": trappable,
+        // Only a host failure (the resource table full) makes these trap.
         "bittybot:core/files.[constructor]hasher": trappable,
         "bittybot:core/files.[constructor]warmup": trappable,
         "bittybot:core/download.[constructor]transfer": trappable,
@@ -20,5 +19,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use bittybot::core::{download, files, inference, platform, types};
+pub use bittybot::core::{download, files, inference, platform, storage, types};
 pub use exports::bittybot::core::app;

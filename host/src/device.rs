@@ -6,29 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// One logical CPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CpuCore {
-    /// `cpuN`.
-    pub id: u32,
-    /// Online?
-    pub online: bool,
-    /// `cpufreq/cpuinfo_max_freq` in kHz.
-    pub max_freq_khz: Option<u32>,
-    /// `cpu_capacity`.
-    pub capacity: Option<u32>,
-    /// `topology/cluster_id`, else `topology/physical_package_id`.
-    pub cluster: Option<u32>,
-}
-
-/// All CPUs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CpuTopology {
-    /// CPUs, by id.
-    pub cores: Vec<CpuCore>,
-    /// Online CPUs.
-    pub online: u32,
-}
+pub use crate::bindings::platform::{CpuCore, CpuTopology, MemoryInfo as Memory};
 
 /// Where the CPU directory lives on a real system.
 pub const SYSFS_CPU: &str = "/sys/devices/system/cpu";
@@ -102,15 +80,6 @@ pub fn cpu_topology() -> CpuTopology {
     cpu_topology_at(Path::new(SYSFS_CPU))
 }
 
-/// Memory figures in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Memory {
-    /// `MemTotal`.
-    pub total: u64,
-    /// `MemAvailable` (or free + cached on kernels without it).
-    pub available: u64,
-}
-
 /// Parse `/proc/meminfo` text.
 pub fn parse_meminfo(text: &str) -> Memory {
     let field = |name: &str| -> Option<u64> {
@@ -131,23 +100,6 @@ pub fn memory() -> Memory {
     std::fs::read_to_string("/proc/meminfo")
         .map(|t| parse_meminfo(&t))
         .unwrap_or(Memory { total: 0, available: 0 })
-}
-
-/// Free bytes for an unprivileged writer in the file system holding `path`.
-pub fn free_space(path: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable
-    // memory of the right size; statvfs only writes into it.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: statvfs returned 0, so it filled the struct.
-    let st = unsafe { st.assume_init() };
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 #[cfg(test)]
@@ -175,6 +127,5 @@ mod tests {
         let t = cpu_topology();
         assert!(t.online >= 1);
         assert!(memory().total > 0);
-        assert!(free_space(Path::new("/")).is_ok());
     }
 }

@@ -67,7 +67,7 @@ pub fn hash_prefix(
     let mut done = 0u64;
     while done < len {
         let want = (len - done).min(CHUNK as u64) as usize;
-        let n = reader.read(&mut buf[..want]).map_err(|e| HashError::Io(e.to_string()))?;
+        let n = reader.read(&mut buf[..want]).map_err(|e| HashError::Io(e.kind().to_string()))?;
         if n == 0 {
             return Err(HashError::Io(format!("file ended after {done} of {len} bytes")));
         }
@@ -82,16 +82,30 @@ pub fn hash_prefix(
 
 /// SHA-256 (lowercase hex) of a whole file; `step(done, total)` after each
 /// chunk, returning false to cancel.
-pub fn hash_file(path: &Path, mut step: impl FnMut(u64, u64) -> bool) -> Result<String, HashError> {
+pub fn hash_file(path: &Path, step: impl FnMut(u64, u64) -> bool) -> Result<String, HashError> {
     let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => HashError::NotFound(path.display().to_string()),
         _ => HashError::Io(format!("{}: {e}", path.display())),
     })?;
-    let total = file.metadata().map_err(|e| HashError::Io(e.to_string()))?.len();
-    advise_sequential(&file);
+    hash_open(&mut file, step)
+}
+
+/// SHA-256 (lowercase hex) of an open file, from its start.
+pub fn hash_open(file: &mut std::fs::File, mut step: impl FnMut(u64, u64) -> bool) -> Result<String, HashError> {
+    use std::io::Seek;
+    let total = file.metadata().map_err(|e| HashError::Io(e.kind().to_string()))?.len();
+    file.seek(std::io::SeekFrom::Start(0)).map_err(|e| HashError::Io(e.kind().to_string()))?;
+    advise_sequential(file);
     let mut hasher = Sha256::new();
-    hash_prefix(&mut file, total, &mut hasher, |done| step(done, total))?;
+    hash_prefix(file, total, &mut hasher, |done| step(done, total))?;
     Ok(hasher.finalize_hex())
+}
+
+/// SHA-256 (lowercase hex) of bytes in memory.
+pub fn hash_bytes(bytes: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(bytes);
+    h.finalize_hex()
 }
 
 /// Tell the kernel we read front to back (larger read-ahead).

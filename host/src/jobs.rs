@@ -2,15 +2,25 @@
 //!
 //! A job runs on its own thread and publishes progress; the guest (which
 //! cannot be called back) asks `wait(timeout)` and gets the latest progress
-//! or the result. Cancelling sets a flag the job checks between chunks; the
-//! app-wide cancel flag stops it too.
+//! or the result. Cancelling sets a flag the job checks between chunks (and
+//! runs the job's cancel hook, e.g. shutting a connection down); the
+//! app-wide cancel flag stops it too. Dropping a job cancels it and waits a
+//! moment for it; a job still stuck after that (a connect in progress) is
+//! left to end by itself, so the host never blocks on a stalled transfer.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// Most jobs of one kind a guest may hold at once (each is a thread).
-pub const MAX_LIVE: usize = 8;
+/// Job threads alive in the process, finished or not: at most
+/// [`MAX_THREADS`], so dropped-but-stuck jobs cannot pile up.
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+/// Most job threads alive at once.
+pub const MAX_THREADS: usize = 32;
+/// How long dropping a job waits for its thread.
+const DROP_WAIT: Duration = Duration::from_millis(200);
+
+type Hook = Box<dyn Fn() + Send>;
 
 /// What a job's body sees.
 pub struct JobCtx<P> {
@@ -25,6 +35,14 @@ impl<P: Clone> JobCtx<P> {
             s.progress = p;
         }
         self.shared.changed.notify_all();
+    }
+
+    /// Run `hook` when the job is cancelled (at once if it already is).
+    pub fn on_cancel(&self, hook: impl Fn() + Send + 'static) {
+        if self.cancelled() {
+            hook();
+        }
+        *self.shared.hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
     }
 
     /// Whether the job should stop.
@@ -43,6 +61,7 @@ struct Shared<P> {
     state: Mutex<State<P>>,
     changed: Condvar,
     cancel: AtomicBool,
+    hook: Mutex<Option<Hook>>,
 }
 
 /// What `wait` saw.
@@ -59,6 +78,7 @@ pub struct Job<P, R> {
     shared: Arc<Shared<P>>,
     result: Arc<Mutex<Option<R>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    spawned: bool,
 }
 
 impl<P, R> std::fmt::Debug for Job<P, R> {
@@ -75,15 +95,20 @@ impl<P: Clone + Send + 'static, R: Clone + Send + 'static> Job<P, R> {
         app_cancel: Option<Arc<AtomicBool>>,
         body: impl FnOnce(&JobCtx<P>) -> R + Send + 'static,
     ) -> std::io::Result<Self> {
+        if THREADS.fetch_add(1, Ordering::SeqCst) >= MAX_THREADS {
+            THREADS.fetch_sub(1, Ordering::SeqCst);
+            return Err(std::io::Error::other(format!("more than {MAX_THREADS} background jobs are running")));
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(State { progress: initial, done: false }),
             changed: Condvar::new(),
             cancel: AtomicBool::new(false),
+            hook: Mutex::new(None),
         });
         let result = Arc::new(Mutex::new(None));
         let ctx = JobCtx { shared: shared.clone(), app_cancel };
         let out = result.clone();
-        let thread = std::thread::Builder::new().name(format!("bittybot-{name}")).spawn(move || {
+        let spawned = std::thread::Builder::new().name(format!("bittybot-{name}")).spawn(move || {
             let r = body(&ctx);
             if let Ok(mut slot) = out.lock() {
                 *slot = Some(r);
@@ -92,8 +117,28 @@ impl<P: Clone + Send + 'static, R: Clone + Send + 'static> Job<P, R> {
                 s.done = true;
             }
             ctx.shared.changed.notify_all();
+            THREADS.fetch_sub(1, Ordering::SeqCst);
+        });
+        let thread = spawned.inspect_err(|_| {
+            THREADS.fetch_sub(1, Ordering::SeqCst);
         })?;
-        Ok(Job { shared, result, thread: Some(thread) })
+        Ok(Job { shared, result, thread: Some(thread), spawned: true })
+    }
+
+    /// Whether the job ran on a thread (false for [`Job::finished`]).
+    pub fn started(&self) -> bool {
+        self.spawned
+    }
+
+    /// A job that is already over (e.g. refused before it started).
+    pub fn finished(progress: P, result: R) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { progress, done: true }),
+            changed: Condvar::new(),
+            cancel: AtomicBool::new(false),
+            hook: Mutex::new(None),
+        });
+        Job { shared, result: Arc::new(Mutex::new(Some(result))), thread: None, spawned: false }
     }
 
     /// Wait up to `timeout` for the job to finish; return its result or the
@@ -121,15 +166,28 @@ impl<P: Clone + Send + 'static, R: Clone + Send + 'static> Job<P, R> {
 
     /// Ask the job to stop.
     pub fn cancel(&self) {
-        self.shared.cancel.store(true, Ordering::Relaxed);
+        cancel(&self.shared);
+    }
+}
+
+fn cancel<P>(shared: &Shared<P>) {
+    shared.cancel.store(true, Ordering::Relaxed);
+    if let Some(hook) = shared.hook.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        hook();
     }
 }
 
 impl<P, R> Drop for Job<P, R> {
     fn drop(&mut self) {
-        // A dropped job stops and is joined, so no thread outlives its handle.
-        self.shared.cancel.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        cancel(&self.shared);
+        let guard = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) =
+            self.shared.changed.wait_timeout_while(guard, DROP_WAIT, |s| !s.done).unwrap_or_else(|e| e.into_inner());
+        let done = guard.done;
+        drop(guard);
+        if let Some(t) = self.thread.take()
+            && done
+        {
             let _ = t.join();
         }
     }
@@ -163,6 +221,23 @@ mod tests {
         .unwrap();
         job.cancel();
         assert_eq!(job.wait(Duration::from_secs(5)), Poll::Done(true));
+    }
+
+    #[test]
+    fn dropping_a_stuck_job_does_not_block_and_runs_its_hook() {
+        let hooked = Arc::new(AtomicBool::new(false));
+        let seen = hooked.clone();
+        let job = Job::spawn("t", (), None, move |ctx| {
+            let seen = seen.clone();
+            ctx.on_cancel(move || seen.store(true, Ordering::Relaxed));
+            std::thread::sleep(Duration::from_secs(2));
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let t = std::time::Instant::now();
+        drop(job);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(hooked.load(Ordering::Relaxed));
     }
 
     #[test]

@@ -1,53 +1,51 @@
 //! BittyBot's native host: runs the guest component (all app policy) in
-//! wasmtime and gives it llama.cpp inference, device facts and, later,
-//! downloads and page warmup as imported WIT functions.
+//! wasmtime and gives it llama.cpp inference, storage, device facts,
+//! downloads and page warmup as imported WIT functions, under the limits
+//! and the network policy the embedding app sets. The guest is untrusted
+//! code (ARCHITECTURE.md, "Threat model").
 //!
-//! The `bittybot` CLI (`src/main.rs`) and the Android JNI library are thin
-//! layers over [`Runtime`].
+//! [`Runtime`] runs one guest; [`Service`] puts it on its own thread for
+//! apps (the Android JNI library is a thin layer over it). The `bittybot`
+//! CLI and the release tools are in the `bittybot-tools` crate.
 
-pub mod bench;
 pub mod bindings;
 pub mod device;
 pub mod download;
-pub mod folders;
+pub mod errors;
+pub mod fs;
 pub mod gguf;
 pub mod guest;
 pub mod hashing;
 pub mod imports;
 pub mod jobs;
+pub mod limits;
 pub mod llama;
-pub mod quantize;
+pub mod net;
 pub mod runtime;
 pub mod service;
+pub mod sessions;
+pub mod setup;
 pub mod warmup;
 
 pub use bindings::app::{
-    AppError, GenerationStats, InputTooLong, LoadOptions, LoadReport, Message, ModelReady, ModelSpec,
-    RenderedPrompt, SessionKind, SessionOptions, SetupError, SetupProgress, SetupState, StopReason,
-    VerifiedBy,
+    AppError, GenerationStats, InputTooLong, LoadOptions, LoadReport, MemoryOutlook, Message, ModelReady, ModelSpec,
+    RenderedPrompt, SessionKind, SessionOptions, SetupError, SetupProgress, SetupState, StopReason, VerifiedBy,
 };
-pub use bindings::inference::{LoadSettings, ModelInfo};
+pub use bindings::inference::{KvType, LoadSettings, ModelInfo};
 pub use bindings::types::ModelSource;
+pub use errors::{RuntimeError, describe, describe_setup};
 pub use guest::{CacheOutcome, GuestError, GuestPolicy, GuestSource};
-pub use runtime::{
-    CancelHandle, Generation, ModelSetup, Runtime, RuntimeError, RuntimeOptions, Session, StartReport,
-    describe_setup,
-};
-pub use service::{
-    ErrorKind, ReadyInfo, ReplyListener, Service, ServiceError, ServiceOptions, ServiceState, StateListener,
-};
+pub use limits::Limits;
+pub use net::NetworkPolicy;
+pub use runtime::{CancelHandle, Generation, ModelSetup, Reply, Runtime, RuntimeOptions, Session, StartReport};
+pub use service::{ErrorKind, ReadyInfo, ReplyListener, Service, ServiceError, ServiceOptions, ServiceState, StateListener};
+pub use sessions::Sessions;
+pub use setup::SetupMode;
 
 impl LoadOptions {
     /// Load the model the host was given, with every setting left to the guest.
     pub fn provided() -> Self {
-        LoadOptions {
-            source: ModelSource::Provided,
-            n_ctx: None,
-            n_batch: None,
-            threads: None,
-            threads_batch: None,
-            use_mmap: None,
-        }
+        LoadOptions { source: ModelSource::Provided, n_ctx: None, n_batch: None, threads: None, threads_batch: None, use_mmap: None }
     }
 }
 
@@ -68,5 +66,16 @@ impl SessionOptions {
             rewarm: None,
             prefix_cache: None,
         }
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
     }
 }

@@ -8,6 +8,8 @@ mod device;
 mod download;
 mod errors;
 mod guest_cache;
+mod hostile;
 mod prefix;
 mod quantize;
 mod sandbox;
+mod tokenize;

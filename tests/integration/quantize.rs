@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use bittybot_host::hashing::hash_file;
-use bittybot_host::quantize::{
+use bittybot_tools::quantize::{
     self, Phase, Progress, QuantType, QuantizeError, QuantizeRequest, Quantized, inspect, manifest_path,
 };
 use bittybot_host::{LoadOptions, ModelSource, Runtime, SessionKind, SessionOptions, SetupState, VerifiedBy};

@@ -80,7 +80,8 @@ fn a_swapped_guest_changes_behaviour_without_a_host_rebuild_and_keeps_state() {
 /// (same-length rewrite of every version string in the component).
 fn major_two_guest() -> GuestSource {
     let bytes = GuestSource::builtin().bytes().to_vec();
-    let (from, to) = (b"bittybot:core/", b"@0.1.0");
+    let host = format!("@{}", bittybot_host::guest::WIT_VERSION);
+    let (from, to) = (b"bittybot:core/", host.as_bytes());
     let mut out = bytes.clone();
     let mut n = 0;
     let mut i = 0;
@@ -105,7 +106,8 @@ fn an_incompatible_guest_is_refused_naming_both_versions_and_the_old_one_keeps_r
     match &err {
         RuntimeError::Guest(GuestError::Incompatible { reason, .. }) => {
             assert!(
-                reason.contains("bittybot:core@2.0.0") && reason.contains("bittybot:core@0.1.0"),
+                reason.contains("bittybot:core@2.0.0")
+                    && reason.contains(&format!("bittybot:core@{}", bittybot_host::guest::WIT_VERSION)),
                 "{reason}"
             );
         }
@@ -167,7 +169,7 @@ fn hostile_guests_are_contained_and_the_host_then_serves_a_normal_guest() {
     let dir = temp_dir();
     let mut o = options(dir.path(), Some(demo_model()));
     o.guest = hostile_guest();
-    o.call_budget = Duration::from_millis(500);
+    o.limits.call_time = Duration::from_millis(500);
     let mut rt = Runtime::start(o).unwrap();
 
     let report = attack(&mut rt, "read-files").unwrap();
@@ -191,7 +193,7 @@ fn hostile_guests_are_contained_and_the_host_then_serves_a_normal_guest() {
     assert!(err.contains("panicked"), "{err}");
 
     // The same host now serves the normal guest (with the usual budget).
-    rt.set_call_budget(Duration::from_secs(5));
+    rt.set_call_time(Duration::from_secs(5));
     rt.swap_guest(GuestSource::builtin()).unwrap();
     load(&mut rt);
     chat_works(&mut rt);

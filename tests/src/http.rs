@@ -1,6 +1,7 @@
 //! A real HTTP/1.1 server on loopback that serves one file, with fault
 //! injection: cut the connection after N body bytes, ignore `Range`, flip a
-//! byte, answer slowly, 404, and redirect chains.
+//! byte, answer slowly, stall, 404, and redirect chains (within the server
+//! or to another one).
 //!
 //! Hand-written on `std::net` on purpose: the faults are about what happens
 //! on the wire mid-body, which a well-behaved server library exists to
@@ -24,6 +25,10 @@ pub struct Faults {
     pub flip_byte: Option<u64>,
     /// Sleep this long after every 64 KiB of body.
     pub throttle: Option<Duration>,
+    /// `/away` redirects here.
+    pub redirect_to: Option<String>,
+    /// Read each request, then send nothing for this long (a stalled server).
+    pub stall: Option<Duration>,
 }
 
 /// One request as the server saw it.
@@ -121,6 +126,14 @@ fn serve(
         }
     }
     log.lock().unwrap().push(Logged { path: path.clone(), range: range.clone() });
+    let (stall, away) = {
+        let f = faults.lock().unwrap();
+        (f.stall, f.redirect_to.clone())
+    };
+    if let Some(d) = stall {
+        std::thread::sleep(d);
+        return Ok(());
+    }
     let mut out = conn;
     let redirect = |to: &str| {
         format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -129,6 +142,7 @@ fn serve(
         "/r1" => return out.write_all(redirect("/r2").as_bytes()),
         "/r2" => return out.write_all(redirect("/r3").as_bytes()),
         "/r3" => return out.write_all(redirect("/model.gguf").as_bytes()),
+        "/away" if away.is_some() => return out.write_all(redirect(away.as_deref().unwrap_or("/")).as_bytes()),
         "/model.gguf" => {}
         _ => {
             return out

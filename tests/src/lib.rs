@@ -42,12 +42,23 @@ pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("bittybot-test-").tempdir().expect("create a temp dir")
 }
 
-/// Runtime options on a fresh data dir, with the shared guest cache.
+/// Runtime options on a fresh data dir, with the shared guest cache, and
+/// downloads allowed from the tests' servers on loopback (the app's opt-in).
 pub fn options(data_dir: &Path, model: Option<PathBuf>) -> RuntimeOptions {
     let mut o = RuntimeOptions::new(data_dir);
     o.cache_dir = Some(shared_cache());
     o.model = model;
+    o.network = loopback_network();
     o
+}
+
+/// The network policy the tests run under: the default, plus HTTP servers on 127.0.0.1.
+pub fn loopback_network() -> bittybot_host::NetworkPolicy {
+    let mut n = bittybot_host::NetworkPolicy::default();
+    n.allow("http://127.0.0.1:");
+    n.allow_http = true;
+    n.allow_private = true;
+    n
 }
 
 /// A runtime with `model` loaded (n_ctx per session, 2 threads).

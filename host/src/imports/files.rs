@@ -1,25 +1,31 @@
-//! `bittybot:core/files`: SHA-256 of model files in the background.
+//! `bittybot:core/files`: SHA-256, warmup passes and residency of model
+//! files, in the background. Files are opened beneath the guest's folder,
+//! never through a link; a warmup marks its file in use while it maps it.
 
 use std::time::Duration;
 
 use wasmtime::component::{Resource, ResourceTable};
 
-use crate::bindings::files::{self as wit, FileError, FileProgress, HashState, WarmupReport, WarmupState};
-use crate::bindings::types::ModelSource;
-use crate::folders::Folders;
-use crate::hashing::{HashError, hash_file};
+use crate::bindings::files::{self as wit, FileProgress, HashState, WarmOrder, WarmupReport, WarmupState};
+use crate::bindings::types::{FileError, ModelSource};
+use crate::fs::Folders;
+use crate::hashing::hash_open;
 use crate::jobs::{Job, Poll};
-use crate::llama::CancelFlag;
+use crate::limits::Limits;
+use crate::llama::ffi::AbortFlag;
+use crate::runtime::clock::CallClock;
 
 /// The host data behind a guest `hasher`.
-pub type HashJob = Job<(u64, u64), Result<String, HashError>>;
+pub type HashJob = Job<(u64, u64), Result<String, FileError>>;
 /// The host data behind a guest `warmup`.
-pub type WarmupJob = Job<(u64, u64), Result<crate::warmup::WarmupReport, crate::warmup::WarmupError>>;
+pub type WarmupJob = Job<(u64, u64), Result<WarmupReport, FileError>>;
 
 /// What the files interface needs.
 pub struct FilesCtx {
     folders: Folders,
-    cancel: CancelFlag,
+    limits: Limits,
+    cancel: AbortFlag,
+    clock: CallClock,
     table: ResourceTable,
     live: usize,
     /// Hash jobs started (the verified fast path is observable through it).
@@ -28,64 +34,88 @@ pub struct FilesCtx {
 
 impl FilesCtx {
     /// A context over the guest's folders.
-    pub fn new(folders: Folders, cancel: CancelFlag) -> Self {
-        FilesCtx { folders, cancel, table: ResourceTable::new(), live: 0, hashes_started: 0 }
+    pub fn new(folders: Folders, limits: Limits, cancel: AbortFlag, clock: CallClock) -> Self {
+        FilesCtx { folders, limits, cancel, clock, table: ResourceTable::new(), live: 0, hashes_started: 0 }
     }
-}
 
-fn file_error(e: HashError) -> FileError {
-    match e {
-        HashError::NotFound(m) => FileError::NotFound(m),
-        HashError::Io(m) => FileError::Io(m),
-        HashError::Cancelled => FileError::Cancelled,
+    fn wait_time(&self, timeout_ms: u32) -> Duration {
+        self.clock.clamp_wait(Duration::from_millis(timeout_ms.into()), self.limits.wait)
+    }
+
+    /// A job for the guest, or one already failed when the guest holds too many.
+    fn job<R: Clone + Send + 'static>(
+        &mut self,
+        name: &str,
+        app_cancel: Option<AbortFlag>,
+        body: impl FnOnce(&crate::jobs::JobCtx<(u64, u64)>) -> Result<R, FileError> + Send + 'static,
+    ) -> Job<(u64, u64), Result<R, FileError>> {
+        if self.live >= self.limits.jobs {
+            let why = format!("the guest holds {} {name} jobs (limit `jobs`)", self.live);
+            return Job::finished((0, 0), Err(FileError::NotPermitted(why)));
+        }
+        match Job::spawn(name, (0, 0), app_cancel, body) {
+            Ok(job) => {
+                self.live += 1;
+                job
+            }
+            Err(e) => Job::finished((0, 0), Err(FileError::NotPermitted(e.to_string()))),
+        }
+    }
+
+    fn done_dropping(&mut self, started: bool) {
+        if started {
+            self.live = self.live.saturating_sub(1);
+        }
     }
 }
 
 impl wit::Host for FilesCtx {
     fn residency(&mut self, source: ModelSource) -> Result<f32, FileError> {
-        let path = self.folders.model_path(&source).map_err(|e| FileError::Io(e.to_string()))?;
-        crate::warmup::residency(&path).map_err(warmup_error)
-    }
-}
-
-fn warmup_error(e: crate::warmup::WarmupError) -> FileError {
-    match e {
-        crate::warmup::WarmupError::Io(m) => FileError::Io(m),
-        crate::warmup::WarmupError::Cancelled => FileError::Cancelled,
+        let m = self.folders.open_model(&source)?;
+        Ok(self.clock.work(|| crate::warmup::residency(&m.file))?)
     }
 }
 
 impl wit::HostWarmup for FilesCtx {
-    fn new(&mut self, source: ModelSource) -> wasmtime::Result<Resource<WarmupJob>> {
-        if self.live >= crate::jobs::MAX_LIVE {
-            wasmtime::bail!("the guest holds more than {} background jobs", crate::jobs::MAX_LIVE);
-        }
-        self.live += 1;
-        let path = self.folders.model_path(&source);
+    fn new(&mut self, source: ModelSource, order: WarmOrder) -> wasmtime::Result<Resource<WarmupJob>> {
+        let opened = self.folders.open_model(&source).map_err(FileError::from);
+        let in_use = self.folders.in_use.clone();
         // Not tied to the app's cancel flag: a reply being cancelled must not
         // stop a background warmup; the guest cancels it explicitly.
-        let job = Job::spawn("warmup", (0, 0), None, move |ctx| {
-            let path = path.map_err(|e| crate::warmup::WarmupError::Io(e.to_string()))?;
-            crate::warmup::warm_up(&path, |done, total| {
+        let job = self.job("warmup", None, move |ctx| {
+            let m = opened?;
+            let _mapped = in_use.mark(&m.file).map_err(|e| FileError::Io(e.kind().to_string()))?;
+            let ranges = match order {
+                WarmOrder::File => Vec::new(),
+                WarmOrder::ForwardPass => {
+                    let size = m.file.metadata().map_err(|e| FileError::Io(e.kind().to_string()))?.len();
+                    let mut reader = std::io::BufReader::new(&m.file);
+                    crate::gguf::Gguf::read(&mut reader, size)
+                        .map(|g| crate::warmup::forward_pass_order(&g))
+                        .unwrap_or_default()
+                }
+            };
+            let r = crate::warmup::warm_up(&m.file, &ranges, |done, total| {
                 ctx.progress((done, total));
                 !ctx.cancelled()
-            })
-        })?;
-        Ok(self.table.push(job)?)
-    }
-
-    fn wait(&mut self, this: Resource<WarmupJob>, timeout_ms: u32) -> Result<WarmupState, FileError> {
-        let job = self.table.get(&this).map_err(|e| FileError::Io(e.to_string()))?;
-        match job.wait(Duration::from_millis(timeout_ms.min(10_000) as u64)) {
-            Poll::Running((done, total)) => Ok(WarmupState::Running(FileProgress { done, total })),
-            Poll::Done(Ok(r)) => Ok(WarmupState::Done(WarmupReport {
+            })?;
+            Ok(WarmupReport {
                 bytes: r.bytes,
                 millis: r.millis,
                 bytes_per_s: r.bytes_per_s,
                 residency_before: r.residency_before,
                 residency_after: r.residency_after,
-            })),
-            Poll::Done(Err(e)) => Err(warmup_error(e)),
+            })
+        });
+        Ok(self.table.push(job)?)
+    }
+
+    fn wait(&mut self, this: Resource<WarmupJob>, timeout_ms: u32) -> Result<WarmupState, FileError> {
+        let wait = self.wait_time(timeout_ms);
+        let job = self.table.get(&this).map_err(|e| FileError::Io(e.to_string()))?;
+        match job.wait(wait) {
+            Poll::Running((done, total)) => Ok(WarmupState::Running(FileProgress { done, total })),
+            Poll::Done(r) => r.map(WarmupState::Done),
         }
     }
 
@@ -96,35 +126,32 @@ impl wit::HostWarmup for FilesCtx {
     }
 
     fn drop(&mut self, rep: Resource<WarmupJob>) -> wasmtime::Result<()> {
-        self.table.delete(rep)?;
-        self.live -= 1;
+        let job = self.table.delete(rep)?;
+        self.done_dropping(job.started());
         Ok(())
     }
 }
 
 impl wit::HostHasher for FilesCtx {
     fn new(&mut self, source: ModelSource) -> wasmtime::Result<Resource<HashJob>> {
-        if self.live >= crate::jobs::MAX_LIVE {
-            wasmtime::bail!("the guest holds more than {} hash jobs", crate::jobs::MAX_LIVE);
-        }
-        self.live += 1;
         self.hashes_started += 1;
-        let path = self.folders.model_path(&source);
-        let job = Job::spawn("hash", (0, 0), Some(self.cancel.clone()), move |ctx| {
-            let path = path.map_err(|e| HashError::Io(e.to_string()))?;
-            hash_file(&path, |done, total| {
+        let opened = self.folders.open_model(&source).map_err(FileError::from);
+        let job = self.job("hash", Some(self.cancel.clone()), move |ctx| {
+            let mut m = opened?;
+            Ok(hash_open(&mut m.file, |done, total| {
                 ctx.progress((done, total));
                 !ctx.cancelled()
-            })
-        })?;
+            })?)
+        });
         Ok(self.table.push(job)?)
     }
 
     fn wait(&mut self, this: Resource<HashJob>, timeout_ms: u32) -> Result<HashState, FileError> {
+        let wait = self.wait_time(timeout_ms);
         let job = self.table.get(&this).map_err(|e| FileError::Io(e.to_string()))?;
-        match job.wait(Duration::from_millis(timeout_ms.min(10_000) as u64)) {
+        match job.wait(wait) {
             Poll::Running((done, total)) => Ok(HashState::Running(FileProgress { done, total })),
-            Poll::Done(r) => r.map(HashState::Done).map_err(file_error),
+            Poll::Done(r) => r.map(HashState::Done),
         }
     }
 
@@ -135,8 +162,8 @@ impl wit::HostHasher for FilesCtx {
     }
 
     fn drop(&mut self, rep: Resource<HashJob>) -> wasmtime::Result<()> {
-        self.table.delete(rep)?;
-        self.live -= 1;
+        let job = self.table.delete(rep)?;
+        self.done_dropping(job.started());
         Ok(())
     }
 }

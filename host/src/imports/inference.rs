@@ -1,17 +1,24 @@
 //! `bittybot:core/inference`: the guest's token-level access to llama.cpp.
+//!
+//! The model file is opened by the host beneath the guest's folder (never
+//! through a link), checked by the host's own GGUF reader against the
+//! architectures the host was tested with, and handed to llama.cpp as the
+//! already-open file; while it is loaded its inode is marked in use, so
+//! nothing the guest can do truncates or replaces the mapping.
 
 use std::sync::Arc;
 
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::token::LlamaToken;
 use wasmtime::component::{Resource, ResourceTable};
 
-use crate::bindings::inference::{
-    self as wit, ContextFull, InferenceError, LoadSettings, ModelInfo, SamplerConfig,
-};
-use crate::bindings::types::{FileRef, ModelSource};
-use crate::folders::Folders;
-use crate::llama::{CancelFlag, LLAMA_CPP_VERSION, LlamaError, LoadRequest, ModelFacts, SamplerSpec, Worker};
+use crate::bindings::inference::{self as wit, InferenceError, LoadSettings, ModelInfo, SamplerConfig};
+use crate::bindings::types::{FileRef, ModelSource, Root};
+use crate::fs::{Folders, InUseGuard, ModelFile, fd_path, modified_ns};
+use crate::gguf::Gguf;
+use crate::limits::Limits;
+use crate::llama::ffi::{AbortFlag, Chain, Model};
+use crate::llama::tokenize::Specials;
+use crate::llama::{InferenceThread, LLAMA_CPP_VERSION, LlamaError, ModelContext, StateFile, chain_links};
+use crate::runtime::clock::CallClock;
 
 /// The host data behind a guest `sampler`.
 #[derive(Debug)]
@@ -23,173 +30,201 @@ pub struct SamplerHandle {
 #[derive(Debug)]
 pub struct SnapshotHandle {
     id: u32,
-    bytes: u64,
+}
+
+/// The loaded model, on the caller's side.
+struct Loaded {
+    model: Arc<Model>,
+    specials: Specials,
+    info: ModelInfo,
+    host_path: std::path::PathBuf,
+    _in_use: InUseGuard,
 }
 
 /// What the inference interface needs: the inference thread, the loaded
-/// model's vocabulary, the guest's folders.
+/// model's vocabulary, the guest's folders, the limits and the call clock.
 pub struct InferenceCtx {
-    worker: Worker,
-    model: Option<Arc<LlamaModel>>,
-    facts: Option<ModelFacts>,
+    thread: InferenceThread,
+    loaded: Option<Loaded>,
     folders: Folders,
-    cancel: CancelFlag,
+    limits: Limits,
+    cancel: AbortFlag,
+    clock: CallClock,
     table: ResourceTable,
+}
+
+fn load_failed(name: &str, reason: impl std::fmt::Display) -> InferenceError {
+    InferenceError::LoadFailed(format!("{name}: {reason}"))
 }
 
 impl InferenceCtx {
     /// A context with no model loaded.
-    pub fn new(worker: Worker, folders: Folders, cancel: CancelFlag) -> Self {
-        InferenceCtx { worker, model: None, facts: None, folders, cancel, table: ResourceTable::new() }
+    pub fn new(thread: InferenceThread, folders: Folders, limits: Limits, cancel: AbortFlag, clock: CallClock) -> Self {
+        InferenceCtx { thread, loaded: None, folders, limits, cancel, clock, table: ResourceTable::new() }
     }
 
     /// The loaded model's facts.
-    pub fn facts(&self) -> Option<&ModelFacts> {
-        self.facts.as_ref()
+    pub fn info(&self) -> Option<&ModelInfo> {
+        self.loaded.as_ref().map(|l| &l.info)
+    }
+
+    /// Where the loaded model's file is on the host.
+    pub fn model_path(&self) -> Option<&std::path::Path> {
+        self.loaded.as_ref().map(|l| l.host_path.as_path())
+    }
+
+    /// Host bytes the guest's objects hold on the inference thread.
+    pub fn objects_held(&self) -> u64 {
+        self.thread.call(|st| st.objects.held()).unwrap_or(0)
+    }
+
+    fn loaded(&self) -> Result<&Loaded, InferenceError> {
+        self.loaded.as_ref().ok_or(InferenceError::NoModel)
+    }
+
+    fn valid_token(&self, t: i32) -> bool {
+        self.loaded.as_ref().is_some_and(|l| t >= 0 && (t as u32) < l.info.n_vocab)
     }
 
     /// The id of the token spelled exactly `text`.
     pub fn token_id_of(&self, text: &str) -> Option<i32> {
-        let model = self.model.as_deref()?;
-        let vocab = model.vocab();
-        match vocab.tokenize(text.as_bytes(), false, true).as_slice() {
-            [t] if vocab.token_to_piece(*t, true, None) == text.as_bytes() => Some(t.0),
+        let l = self.loaded.as_ref()?;
+        if text.is_empty() || text.len() > 1024 {
+            return None;
+        }
+        let vocab = l.model.vocab();
+        match l.specials.tokenize(&vocab, text, true).ok()?.as_slice() {
+            [t] if vocab.piece(*t, true).ok()?.as_slice() == text.as_bytes() => Some(*t),
             _ => None,
         }
     }
 
     /// Whether a token is a control token.
     pub fn is_control_token(&self, token: i32) -> bool {
-        self.valid_token(token)
-            && self.model.as_deref().is_some_and(|m| m.vocab().is_control(LlamaToken(token)))
+        let control = llama_cpp_sys_2::LLAMA_TOKEN_ATTR_CONTROL as u32;
+        self.loaded.as_ref().is_some_and(|l| l.model.vocab().attr(token) & control != 0)
     }
 
-    fn model(&self) -> Result<&LlamaModel, InferenceError> {
-        self.model.as_deref().ok_or(InferenceError::NoModel)
+    /// Open and check a model file: the header and metadata fully read by
+    /// our own reader, against the architectures this host runs.
+    fn open_checked(&self, source: &ModelSource) -> Result<(ModelFile, Gguf), InferenceError> {
+        let mut m = self.folders.open_model(source)?;
+        let size = m.file.metadata().map_err(|e| load_failed(&m.name, e.kind()))?.len();
+        let gguf = Gguf::read(&mut std::io::BufReader::new(&mut m.file), size).map_err(|e| load_failed(&m.name, e))?;
+        let archs: Vec<&str> = self.limits.architectures.iter().map(String::as_str).collect();
+        gguf.validate_model(&archs).map_err(|e| load_failed(&m.name, e))?;
+        Ok((m, gguf))
     }
 
-    fn n_vocab(&self) -> i32 {
-        self.facts.as_ref().map_or(0, |f| f.n_vocab as i32)
-    }
-
-    fn valid_token(&self, t: i32) -> bool {
-        t >= 0 && t < self.n_vocab()
-    }
-}
-
-/// The WIT error for an engine error.
-pub fn to_wit(e: LlamaError) -> InferenceError {
-    match e {
-        LlamaError::NoModel => InferenceError::NoModel,
-        LlamaError::Load { .. } => InferenceError::LoadFailed(e.to_string()),
-        LlamaError::InvalidArgument(s) => InferenceError::InvalidArgument(s),
-        LlamaError::ContextFull { used, requested, capacity } => {
-            InferenceError::ContextFull(ContextFull { used, requested, capacity })
+    /// What the guest learns about a model loaded with `settings` (those in effect).
+    fn model_info(m: &ModelFile, model: &Model, gguf: &Gguf, settings: LoadSettings) -> ModelInfo {
+        let vocab = model.vocab();
+        let (n_ctx_train, n_layer, n_embd, n_head, n_head_kv) = model.dims();
+        let meta = m.file.metadata().ok();
+        let size = meta.as_ref().map_or(0, |m| m.len());
+        let mtime = meta.as_ref().map_or(0, modified_ns);
+        ModelInfo {
+            architecture: gguf.architecture().unwrap_or_default().to_owned(),
+            description: model.description(),
+            n_params: model.n_params(),
+            n_ctx_train,
+            n_vocab: vocab.n_tokens().max(0) as u32,
+            n_layer,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim: gguf.shape().map_or(n_embd / n_head.max(1), |s| s.head_dim),
+            bos: vocab.bos(),
+            eos: vocab.eos(),
+            add_bos: vocab.add_bos(),
+            chat_template: model.chat_template(),
+            file_size: size,
+            file_name: m.file_name.clone(),
+            settings,
+            llama_version: LLAMA_CPP_VERSION.to_owned(),
+            model_id: format!("{}:{size}:{mtime}", m.file_name),
         }
-        LlamaError::Decode(s) => InferenceError::DecodeFailed(s),
-        LlamaError::Cancelled => InferenceError::Cancelled,
-        LlamaError::Io(s) => InferenceError::Io(s),
-        LlamaError::Worker(s) => InferenceError::DecodeFailed(s),
     }
-}
 
-fn info(f: &ModelFacts) -> ModelInfo {
-    ModelInfo {
-        architecture: f.architecture.clone(),
-        description: f.description.clone(),
-        n_params: f.n_params,
-        n_ctx_train: f.n_ctx_train,
-        n_vocab: f.n_vocab,
-        n_layer: f.n_layer,
-        n_embd: f.n_embd,
-        n_head: f.n_head,
-        n_head_kv: f.n_head_kv,
-        head_dim: f.head_dim,
-        bos: f.bos,
-        eos: f.eos,
-        add_bos: f.add_bos,
-        chat_template: f.chat_template.clone(),
-        file_size: f.file_size,
-        file_name: f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        settings: LoadSettings {
-            n_ctx: f.n_ctx,
-            n_batch: f.n_batch,
-            n_seq_max: f.n_seq,
-            threads: f.threads,
-            threads_batch: f.threads_batch,
-            use_mmap: f.use_mmap,
-        },
-        llama_version: LLAMA_CPP_VERSION.to_owned(),
-        model_id: f.model_id.clone(),
+    fn free(&mut self) {
+        self.loaded = None;
+        let _ = self.thread.call(|st| {
+            st.ctx = None;
+            st.objects.clear();
+        });
     }
 }
 
 impl wit::Host for InferenceCtx {
-    fn load(&mut self, source: ModelSource, s: LoadSettings) -> Result<ModelInfo, InferenceError> {
-        let path = self.folders.model_path(&source).map_err(|e| InferenceError::LoadFailed(e.to_string()))?;
-        self.model = None;
-        self.facts = None;
-        let (model, facts) = self
-            .worker
-            .load(LoadRequest {
-                path,
-                n_ctx: s.n_ctx,
-                n_batch: s.n_batch,
-                n_seq: s.n_seq_max,
-                threads: s.threads,
-                threads_batch: s.threads_batch,
-                use_mmap: s.use_mmap,
+    fn inspect(&mut self, source: ModelSource) -> Result<wit::ModelShape, InferenceError> {
+        self.clock.clone().work(|| {
+            let (m, gguf) = self.open_checked(&source)?;
+            let s = gguf.shape().map_err(|e| load_failed(&m.name, e))?;
+            Ok(wit::ModelShape {
+                file_name: m.file_name,
+                architecture: s.architecture,
+                file_size: s.file_size,
+                n_layer: s.n_layer,
+                n_embd: s.n_embd,
+                n_head: s.n_head,
+                n_head_kv: s.n_head_kv,
+                head_dim: s.head_dim,
+                n_vocab: s.n_vocab,
+                n_ctx_train: s.n_ctx_train,
             })
-            .map_err(to_wit)?;
-        let out = info(&facts);
-        self.model = Some(model);
-        self.facts = Some(facts);
-        Ok(out)
+        })
     }
 
-    fn inspect(&mut self, source: ModelSource) -> Result<wit::ModelShape, InferenceError> {
-        let path = self.folders.model_path(&source).map_err(|e| InferenceError::LoadFailed(e.to_string()))?;
-        let s = crate::gguf::inspect(&path)
-            .map_err(|e| InferenceError::LoadFailed(format!("cannot read {}: {e}", path.display())))?;
-        Ok(wit::ModelShape {
-            file_name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            architecture: s.architecture,
-            file_size: s.file_size,
-            n_layer: s.n_layer,
-            n_embd: s.n_embd,
-            n_head: s.n_head,
-            n_head_kv: s.n_head_kv,
-            head_dim: s.head_dim,
-            n_vocab: s.n_vocab,
-            n_ctx_train: s.n_ctx_train,
+    fn load(&mut self, source: ModelSource, s: LoadSettings) -> Result<ModelInfo, InferenceError> {
+        let clock = self.clock.clone();
+        clock.work(|| {
+            self.free();
+            let (m, gguf) = self.open_checked(&source)?;
+            let path = fd_path(&m.file);
+            let (limits, cancel, name) = (self.limits.clone(), self.cancel.clone(), m.name.clone());
+            let model = self
+                .thread
+                .call(move |st| -> Result<Arc<Model>, LlamaError> {
+                    crate::llama::log::clear();
+                    let fail = |reason: String| LlamaError::Load { name: name.clone(), reason };
+                    let model = Model::load(&path, s.use_mmap).map_err(fail)?.ok_or_else(|| {
+                        fail(crate::llama::log::reason().unwrap_or_else(|| "llama.cpp refused the file".into()))
+                    })?;
+                    let model = Arc::new(model);
+                    st.ctx = Some(ModelContext::new(model.clone(), &s, &limits, &cancel).map_err(fail)?);
+                    Ok(model)
+                })
+                .and_then(|r| r)?;
+            let in_use = self.folders.in_use.mark(&m.file).map_err(|e| load_failed(&m.name, e.kind()))?;
+            let shape = self.thread.call(|st| st.ctx.as_ref().map(|c| (c.n_ctx_seq(), c.n_batch())))?;
+            let (n_ctx, n_batch) = shape.ok_or(InferenceError::NoModel)?;
+            let info = Self::model_info(&m, &model, &gguf, LoadSettings { n_ctx, n_batch, ..s });
+            let specials = Specials::of(&model.vocab());
+            self.loaded = Some(Loaded { model, specials, info: info.clone(), host_path: m.host_path, _in_use: in_use });
+            Ok(info)
         })
     }
 
     fn unload(&mut self) {
-        self.model = None;
-        self.facts = None;
-        let _ = self.worker.unload();
+        self.free();
     }
 
-    fn info(&mut self) -> Option<ModelInfo> {
-        self.facts.as_ref().map(info)
-    }
-
-    fn tokenize(
-        &mut self,
-        text: String,
-        add_bos: bool,
-        parse_special: bool,
-    ) -> Result<Vec<i32>, InferenceError> {
-        let model = self.model()?;
-        let tokens = model.vocab().tokenize(text.as_bytes(), add_bos, parse_special);
-        Ok(tokens.into_iter().map(|t| t.0).collect())
+    fn tokenize(&mut self, text: String, parse_special: bool) -> Result<Vec<i32>, InferenceError> {
+        if text.len() > self.limits.tokenize_bytes {
+            return Err(InferenceError::LimitExceeded(format!(
+                "{} bytes to tokenize, more than the limit `tokenize_bytes` ({})",
+                text.len(),
+                self.limits.tokenize_bytes
+            )));
+        }
+        let l = self.loaded()?;
+        self.clock.work(|| l.specials.tokenize(&l.model.vocab(), &text, parse_special)).map_err(InferenceError::InvalidArgument)
     }
 
     fn token_bytes(&mut self, token: i32, special: bool) -> Vec<u8> {
-        match (self.valid_token(token), &self.model) {
-            (true, Some(m)) => m.vocab().token_to_piece(LlamaToken(token), special, None),
-            _ => Vec::new(),
+        match &self.loaded {
+            Some(l) => l.model.vocab().piece(token, special).unwrap_or_default(),
+            None => Vec::new(),
         }
     }
 
@@ -198,78 +233,91 @@ impl wit::Host for InferenceCtx {
     }
 
     fn is_eog(&mut self, token: i32) -> bool {
-        self.valid_token(token) && self.model.as_deref().is_some_and(|m| m.vocab().is_eog(LlamaToken(token)))
-    }
-
-    fn is_control(&mut self, token: i32) -> bool {
-        self.valid_token(token)
-            && self.model.as_deref().is_some_and(|m| m.vocab().is_control(LlamaToken(token)))
+        self.valid_token(token) && self.loaded.as_ref().is_some_and(|l| l.model.vocab().is_eog(token))
     }
 
     fn decode(&mut self, seq: u32, tokens: Vec<i32>) -> Result<(), InferenceError> {
-        let cancel = self.cancel.clone();
-        self.worker.call(move |st| st.loaded()?.decode(seq, &tokens, &cancel)).and_then(|r| r).map_err(to_wit)
+        self.clock.work(|| self.thread.call(move |st| st.loaded()?.decode(seq, &tokens)).and_then(|r| r)).map_err(Into::into)
     }
 
     fn kv_len(&mut self, seq: u32) -> u32 {
-        self.worker.call(move |st| st.loaded().map(|l| l.seq_len(seq)).unwrap_or(0)).unwrap_or(0)
+        self.thread.call(move |st| st.ctx.as_ref().map_or(0, |c| c.seq_len(seq))).unwrap_or(0)
     }
 
     fn kv_clear(&mut self, seq: u32) {
-        let _ = self.worker.call(move |st| st.loaded().and_then(|l| l.kv_clear(seq)));
+        let _ = self.thread.call(move |st| st.loaded().and_then(|c| c.kv_clear(seq)));
     }
 
     fn kv_remove(&mut self, seq: u32, p0: u32, p1: Option<u32>) -> bool {
-        self.worker
-            .call(move |st| st.loaded().and_then(|l| l.kv_remove(seq, p0, p1)))
-            .and_then(|r| r)
-            .unwrap_or(false)
+        self.thread.call(move |st| st.loaded().and_then(|c| c.kv_remove(seq, p0, p1))).and_then(|r| r).unwrap_or(false)
     }
 
     fn kv_shift(&mut self, seq: u32, p0: u32, p1: Option<u32>, delta: i32) {
-        let _ = self.worker.call(move |st| st.loaded().and_then(|l| l.kv_shift(seq, p0, p1, delta)));
+        let _ = self.thread.call(move |st| st.loaded().and_then(|c| c.kv_shift(seq, p0, p1, delta)));
     }
 
-    fn state_save(
-        &mut self,
-        seq: u32,
-        file: FileRef,
-        tokens: Vec<i32>,
-    ) -> Result<wit::SavedState, InferenceError> {
-        let path = self.folders.resolve(&file).map_err(|e| InferenceError::Io(e.to_string()))?;
-        let tmp = path.with_extension("tmp");
-        let target = tmp.clone();
-        let bytes = self
-            .worker
-            .call(move |st| st.loaded()?.state_save(seq, &target, &tokens))
-            .and_then(|r| r)
-            .map_err(to_wit)?;
-        // Durable and whole, or not there at all.
-        let sha256 =
-            crate::hashing::hash_file(&tmp, |_, _| true).map_err(|e| InferenceError::Io(e.to_string()))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| InferenceError::Io(format!("{}: {e}", path.display())))?;
-        Ok(wit::SavedState { bytes, sha256 })
-    }
-
-    fn state_load(
-        &mut self,
-        seq: u32,
-        file: FileRef,
-        sha256: Option<String>,
-    ) -> Result<Vec<i32>, InferenceError> {
-        let path = self.folders.resolve(&file).map_err(|e| InferenceError::Io(e.to_string()))?;
-        if let Some(expected) = sha256 {
-            let actual = crate::hashing::hash_file(&path, |_, _| true)
-                .map_err(|e| InferenceError::Io(e.to_string()))?;
-            if actual != expected {
-                self.kv_clear(seq);
-                return Err(InferenceError::Io(format!("{} is damaged (checksum mismatch)", path.display())));
-            }
+    fn state_save(&mut self, seq: u32, file: FileRef, tokens: Vec<i32>) -> Result<wit::SavedState, InferenceError> {
+        if file.root != Root::State {
+            return Err(InferenceError::InvalidArgument("states are saved in the state folder".into()));
         }
-        self.worker.call(move |st| st.loaded()?.state_load(seq, &path)).and_then(|r| r).map_err(to_wit)
+        let clock = self.clock.clone();
+        clock.work(|| {
+            let state = self
+                .thread
+                .call(move |st| {
+                    let ctx = st.loaded()?;
+                    ctx.check_tokens(&tokens)?;
+                    if tokens.len() as u32 != ctx.seq_len(seq) {
+                        return Err(LlamaError::InvalidArgument(format!(
+                            "{} tokens given for a sequence of {}",
+                            tokens.len(),
+                            ctx.seq_len(seq)
+                        )));
+                    }
+                    Ok(StateFile { state: ctx.state(seq)?, tokens })
+                })
+                .and_then(|r| r)?;
+            let bytes = state.to_bytes();
+            self.folders.state.write(&file.name, &bytes)?;
+            Ok(wit::SavedState { bytes: bytes.len() as u64, sha256: crate::hashing::hash_bytes(&bytes) })
+        })
+    }
+
+    fn state_load(&mut self, seq: u32, file: FileRef, sha256: Option<String>) -> Result<Vec<i32>, InferenceError> {
+        if file.root != Root::State {
+            return Err(InferenceError::InvalidArgument("states are loaded from the state folder".into()));
+        }
+        let clock = self.clock.clone();
+        let result = clock.work(|| {
+            let name = self.folders.state.guest_name(&file.name);
+            let bytes = self.folders.state.read(&file.name, self.limits.state_quota)?;
+            if sha256.is_some_and(|s| s != crate::hashing::hash_bytes(&bytes)) {
+                return Err(InferenceError::File(crate::bindings::types::FileError::Io(format!(
+                    "{name} is damaged (checksum mismatch)"
+                ))));
+            }
+            let saved = StateFile::parse(&bytes).map_err(|e| InferenceError::File(crate::bindings::types::FileError::Io(format!("{name}: {e}"))))?;
+            self.thread
+                .call(move |st| {
+                    let ctx = st.loaded()?;
+                    ctx.check_tokens(&saved.tokens)?;
+                    if saved.tokens.len() as u32 > ctx.n_ctx_seq() {
+                        return Err(LlamaError::State("the saved state is larger than the context".into()));
+                    }
+                    ctx.set_state(seq, &saved.state)?;
+                    if ctx.seq_len(seq) as usize != saved.tokens.len() {
+                        let _ = ctx.kv_clear(seq);
+                        return Err(LlamaError::State("the saved state does not match its tokens".into()));
+                    }
+                    Ok(saved.tokens)
+                })
+                .and_then(|r| r)
+                .map_err(InferenceError::from)
+        });
+        if result.is_err() {
+            self.kv_clear(seq);
+        }
+        result
     }
 }
 
@@ -278,90 +326,72 @@ fn gone(e: wasmtime::component::ResourceTableError) -> InferenceError {
 }
 
 impl wit::HostSampler for InferenceCtx {
-    fn new(&mut self, c: SamplerConfig) -> wasmtime::Result<Resource<SamplerHandle>> {
-        let spec = SamplerSpec {
-            temperature: c.temperature,
-            top_k: c.top_k,
-            top_p: c.top_p,
-            min_p: c.min_p,
-            repeat_penalty: c.repeat_penalty,
-            repeat_last_n: c.repeat_last_n,
-            seed: c.seed,
-            logit_bias: c.logit_bias,
-        };
-        // A bad configuration is reported by `sample`, when the vocabulary is known.
-        let id = self.worker.call(move |st| st.samplers.add(spec))??;
-        Ok(self.table.push(SamplerHandle { id })?)
+    fn open(&mut self, config: SamplerConfig) -> Result<Resource<SamplerHandle>, InferenceError> {
+        let id = self
+            .thread
+            .call(move |st| {
+                let ctx = st.loaded()?;
+                let (links, bytes) = chain_links(&config, ctx.n_vocab(), ctx.n_ctx_seq())?;
+                let chain = Chain::new(ctx.n_vocab(), &links).map_err(LlamaError::InvalidArgument)?;
+                st.objects.add_chain(chain, bytes)
+            })
+            .and_then(|r| r)?;
+        self.table.push(SamplerHandle { id }).map_err(gone)
     }
 
     fn sample(&mut self, this: Resource<SamplerHandle>) -> Result<i32, InferenceError> {
         let id = self.table.get(&this).map_err(gone)?.id;
-        self.worker
-            .call(move |st| {
-                let loaded = st.loaded.as_deref_mut().ok_or(LlamaError::NoModel)?;
-                st.samplers.sample(id, loaded)
+        self.clock
+            .work(|| {
+                self.thread.call(move |st| {
+                    let ctx = st.ctx.as_ref().ok_or(LlamaError::NoModel)?;
+                    if !ctx.has_logits {
+                        return Err(LlamaError::InvalidArgument("nothing to sample from: decode a token first".into()));
+                    }
+                    st.objects.chain(id)?.sample(ctx.context(), -1).map_err(LlamaError::Decode)
+                })
             })
             .and_then(|r| r)
-            .map_err(to_wit)
-    }
-
-    fn accept(&mut self, this: Resource<SamplerHandle>, tokens: Vec<i32>) {
-        let Ok(id) = self.table.get(&this).map(|h| h.id) else {
-            return;
-        };
-        let _ = self.worker.call(move |st| {
-            let n_vocab = st.loaded.as_deref().map(|l| l.n_vocab());
-            st.samplers.accept(id, &tokens, n_vocab)
-        });
-    }
-
-    fn reset(&mut self, this: Resource<SamplerHandle>) {
-        let Ok(id) = self.table.get(&this).map(|h| h.id) else {
-            return;
-        };
-        let _ = self.worker.call(move |st| st.samplers.reset(id));
+            .map_err(Into::into)
     }
 
     fn drop(&mut self, rep: Resource<SamplerHandle>) -> wasmtime::Result<()> {
         let handle = self.table.delete(rep)?;
-        let _ = self.worker.call(move |st| st.samplers.remove(handle.id));
+        let _ = self.thread.call(move |st| st.objects.remove_chain(handle.id));
         Ok(())
     }
 }
 
 impl wit::HostKvSnapshot for InferenceCtx {
     fn take(&mut self, seq: u32) -> Result<Resource<SnapshotHandle>, InferenceError> {
-        let (id, bytes) = self
-            .worker
-            .call(move |st| {
-                let state = st.loaded()?.snapshot(seq)?;
-                let bytes = state.byte_len() as u64;
-                Ok::<_, LlamaError>((st.samplers.add_snapshot(state)?, bytes))
+        let id = self
+            .clock
+            .work(|| {
+                self.thread.call(move |st| {
+                    let state = st.loaded()?.state(seq)?;
+                    st.objects.add_snapshot(state)
+                })
             })
-            .and_then(|r| r)
-            .map_err(to_wit)?;
-        self.table.push(SnapshotHandle { id, bytes }).map_err(gone)
+            .and_then(|r| r)?;
+        self.table.push(SnapshotHandle { id }).map_err(gone)
     }
 
     fn restore(&mut self, this: Resource<SnapshotHandle>, seq: u32) -> Result<(), InferenceError> {
         let id = self.table.get(&this).map_err(gone)?.id;
-        self.worker
-            .call(move |st| {
-                let loaded = st.loaded.as_deref_mut().ok_or(LlamaError::NoModel)?;
-                let state = st.samplers.snapshot(id)?;
-                loaded.restore(seq, state)
+        self.clock
+            .work(|| {
+                self.thread.call(move |st| {
+                    let ctx = st.ctx.as_mut().ok_or(LlamaError::NoModel)?;
+                    ctx.set_state(seq, st.objects.snapshot(id)?)
+                })
             })
             .and_then(|r| r)
-            .map_err(to_wit)
-    }
-
-    fn size(&mut self, this: Resource<SnapshotHandle>) -> u64 {
-        self.table.get(&this).map(|h| h.bytes).unwrap_or(0)
+            .map_err(Into::into)
     }
 
     fn drop(&mut self, rep: Resource<SnapshotHandle>) -> wasmtime::Result<()> {
         let handle = self.table.delete(rep)?;
-        let _ = self.worker.call(move |st| st.samplers.remove_snapshot(handle.id));
+        let _ = self.thread.call(move |st| st.objects.remove_snapshot(handle.id));
         Ok(())
     }
 }

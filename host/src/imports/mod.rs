@@ -5,6 +5,7 @@ pub mod download;
 pub mod files;
 pub mod inference;
 pub mod platform;
+pub mod storage;
 
 /// The `types` interface defines only types.
 pub struct TypesCtx;

@@ -3,28 +3,30 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-use crate::bindings::platform::{self as wit, CpuCore, CpuTopology, MemoryInfo};
+use crate::bindings::platform::{self as wit, CpuTopology, MemoryInfo};
 use crate::bindings::types::Root;
 use crate::device;
-use crate::folders::Folders;
-use crate::llama::CancelFlag;
+use crate::fs::Folders;
+use crate::llama::ffi::AbortFlag;
 
 /// What the platform interface needs.
 pub struct PlatformCtx {
-    cancel: CancelFlag,
+    cancel: AbortFlag,
     sysfs_cpu: PathBuf,
     folders: Folders,
     /// Pretend the disk has this many free bytes (tests of the storage preflight).
+    #[cfg(feature = "test-hooks")]
     pub free_space_override: Option<u64>,
 }
 
 impl PlatformCtx {
     /// Platform facts from the real sysfs (or `sysfs_cpu`, for tests).
-    pub fn new(cancel: CancelFlag, sysfs_cpu: Option<PathBuf>, folders: Folders) -> Self {
+    pub fn new(cancel: AbortFlag, sysfs_cpu: Option<PathBuf>, folders: Folders) -> Self {
         PlatformCtx {
             cancel,
             sysfs_cpu: sysfs_cpu.unwrap_or_else(|| device::SYSFS_CPU.into()),
             folders,
+            #[cfg(feature = "test-hooks")]
             free_space_override: None,
         }
     }
@@ -36,36 +38,18 @@ impl wit::Host for PlatformCtx {
     }
 
     fn read_cpu_topology(&mut self) -> CpuTopology {
-        let t = device::cpu_topology_at(&self.sysfs_cpu);
-        CpuTopology {
-            cores: t
-                .cores
-                .into_iter()
-                .map(|c| CpuCore {
-                    id: c.id,
-                    online: c.online,
-                    max_freq_khz: c.max_freq_khz,
-                    capacity: c.capacity,
-                    cluster: c.cluster,
-                })
-                .collect(),
-            online: t.online,
-        }
+        device::cpu_topology_at(&self.sysfs_cpu)
     }
 
     fn free_space(&mut self, folder: Root) -> Result<u64, String> {
+        #[cfg(feature = "test-hooks")]
         if let Some(bytes) = self.free_space_override {
             return Ok(bytes);
         }
-        let dir = match folder {
-            Root::Models => &self.folders.models,
-            Root::State => &self.folders.state,
-        };
-        device::free_space(dir).map_err(|e| format!("{}: {e}", dir.display()))
+        self.folders.folder(folder).free().map_err(|e| e.to_string())
     }
 
     fn read_memory(&mut self) -> MemoryInfo {
-        let m = device::memory();
-        MemoryInfo { total: m.total, available: m.available }
+        device::memory()
     }
 }

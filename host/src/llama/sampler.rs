@@ -1,204 +1,200 @@
-//! Sampler chains and KV snapshots, kept on the inference thread by id.
+//! Sampler chains and KV snapshots the guest holds on the inference thread,
+//! by id, counted against the host's limits.
 //!
-//! A chain is built lazily at its first `sample`, when the vocabulary size is
-//! known, after checking every parameter (llama.cpp would assert on some bad
-//! values). The chain follows llama.cpp's common order: logit bias →
-//! repetition penalty → top-k → top-p → min-p → temperature → random choice;
-//! or bias → penalty → greedy when the temperature is 0.
+//! A chain follows llama.cpp's common order: logit bias → repetition penalty
+//! → top-k → top-p → min-p → temperature → random choice; or bias → penalty →
+//! greedy when the temperature is 0. Every parameter is checked first:
+//! llama.cpp would allocate a penalty window of any size (268 M tokens is
+//! 1 GiB; more throws) and asserts on a chain that never selects a token.
 
 use std::collections::HashMap;
 
-use llama_cpp_2::context::session::SeqState;
-use llama_cpp_2::sampling::LlamaSampler;
-use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::token::logit_bias::LlamaLogitBias;
-
 use super::LlamaError;
-use super::loaded::{Loaded, check_tokens};
+use super::context::check_tokens;
+use super::ffi::{Chain, Link};
+use crate::bindings::inference::SamplerConfig;
+use crate::limits::Limits;
 
-/// A sampler configuration as the guest sends it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SamplerSpec {
-    /// Temperature (0 = greedy).
-    pub temperature: f32,
-    /// Top-k (≤ 0 = off).
-    pub top_k: i32,
-    /// Top-p (≥ 1 = off).
-    pub top_p: f32,
-    /// Min-p (≤ 0 = off).
-    pub min_p: f32,
-    /// Repetition penalty (1 = off).
-    pub repeat_penalty: f32,
-    /// Penalty window.
-    pub repeat_last_n: i32,
-    /// Seed.
-    pub seed: u32,
-    /// Logit biases.
-    pub logit_bias: Vec<(i32, f32)>,
-}
+/// Host bytes a chain costs beyond its parts.
+const CHAIN_BASE: u64 = 4 << 10;
 
-impl SamplerSpec {
-    fn validate(&self, n_vocab: i32) -> Result<(), LlamaError> {
-        let bad = |what: &str| Err(LlamaError::InvalidArgument(format!("sampler: {what}")));
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return bad("temperature must be a finite number ≥ 0");
-        }
-        if !(self.top_p.is_finite() && self.top_p > 0.0) {
-            return bad("top-p must be > 0");
-        }
-        if !(self.min_p.is_finite() && (0.0..=1.0).contains(&self.min_p)) {
-            return bad("min-p must be within 0..=1");
-        }
-        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
-            return bad("repeat-penalty must be > 0");
-        }
-        if self.repeat_last_n < -1 {
-            return bad("repeat-last-n must be ≥ -1");
-        }
-        if self.logit_bias.len() > n_vocab as usize {
-            return bad("more logit biases than tokens");
-        }
-        let ids: Vec<i32> = self.logit_bias.iter().map(|(t, _)| *t).collect();
-        check_tokens(&ids, n_vocab)?;
-        if self.logit_bias.iter().any(|(_, b)| b.is_nan()) {
-            return bad("logit bias is NaN");
-        }
-        Ok(())
+/// The links of a chain for `config`, and the host bytes it will hold.
+pub fn chain_links(c: &SamplerConfig, n_vocab: i32, n_ctx_seq: u32) -> Result<(Vec<Link>, u64), LlamaError> {
+    let bad = |what: String| Err(LlamaError::InvalidArgument(format!("sampler: {what}")));
+    if !c.temperature.is_finite() || c.temperature < 0.0 {
+        return bad("temperature must be a finite number ≥ 0".into());
     }
-
-    fn build(&self, n_vocab: i32) -> Result<LlamaSampler, LlamaError> {
-        self.validate(n_vocab)?;
-        let mut chain = Vec::new();
-        if !self.logit_bias.is_empty() {
-            let biases: Vec<LlamaLogitBias> =
-                self.logit_bias.iter().map(|&(t, b)| LlamaLogitBias::new(LlamaToken(t), b)).collect();
-            chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
-        }
-        if self.repeat_penalty != 1.0 && self.repeat_last_n != 0 {
-            chain.push(LlamaSampler::penalties(n_vocab, self.repeat_last_n, self.repeat_penalty, 0.0, 0.0));
-        }
-        if self.temperature <= 0.0 {
-            chain.push(LlamaSampler::greedy());
-        } else {
-            if self.top_k > 0 {
-                chain.push(LlamaSampler::top_k(self.top_k));
-            }
-            if self.top_p < 1.0 {
-                chain.push(LlamaSampler::top_p(self.top_p, 1));
-            }
-            if self.min_p > 0.0 {
-                chain.push(LlamaSampler::min_p(self.min_p, 1));
-            }
-            chain.push(LlamaSampler::temp(self.temperature));
-            chain.push(LlamaSampler::dist(self.seed));
-        }
-        Ok(LlamaSampler::chain_simple(chain))
+    if c.top_k < 0 || c.top_k > n_vocab {
+        return bad(format!("top-k {} is outside 0..={n_vocab} (the vocabulary)", c.top_k));
     }
+    if !(c.top_p.is_finite() && c.top_p > 0.0) {
+        return bad("top-p must be > 0".into());
+    }
+    if !(c.min_p.is_finite() && (0.0..=1.0).contains(&c.min_p)) {
+        return bad("min-p must be within 0..=1".into());
+    }
+    if !(c.repeat_penalty.is_finite() && c.repeat_penalty > 0.0) {
+        return bad("repeat-penalty must be > 0".into());
+    }
+    if c.repeat_last_n > n_ctx_seq {
+        return bad(format!("repeat-last-n {} is more than the context ({n_ctx_seq})", c.repeat_last_n));
+    }
+    if c.logit_bias.len() > n_vocab as usize {
+        return bad("more logit biases than tokens".into());
+    }
+    let ids: Vec<i32> = c.logit_bias.iter().map(|(t, _)| *t).collect();
+    check_tokens(&ids, n_vocab)?;
+    if c.logit_bias.iter().any(|(_, b)| b.is_nan()) {
+        return bad("a logit bias is NaN".into());
+    }
+    let mut links = Vec::new();
+    if !c.logit_bias.is_empty() {
+        links.push(Link::LogitBias(c.logit_bias.clone()));
+    }
+    let penalty = c.repeat_penalty != 1.0 && c.repeat_last_n != 0;
+    if penalty {
+        links.push(Link::Penalties { last_n: c.repeat_last_n as i32, repeat: c.repeat_penalty });
+    }
+    if c.temperature <= 0.0 {
+        links.push(Link::Greedy);
+    } else {
+        if c.top_k > 0 {
+            links.push(Link::TopK(c.top_k));
+        }
+        if c.top_p < 1.0 {
+            links.push(Link::TopP(c.top_p));
+        }
+        if c.min_p > 0.0 {
+            links.push(Link::MinP(c.min_p));
+        }
+        links.push(Link::Temp(c.temperature));
+        links.push(Link::Dist(c.seed));
+    }
+    // The penalty keeps a ring of the window and a count per token seen in it.
+    let window = if penalty { c.repeat_last_n as u64 * 24 } else { 0 };
+    Ok((links, CHAIN_BASE + window + c.logit_bias.len() as u64 * 8))
 }
 
-/// Most samplers a guest may hold at once (a guest cannot exhaust host memory with them).
-const MAX_SAMPLERS: usize = 256;
-/// Most KV snapshots a guest may hold at once (each is a copy of a sequence's KV).
-const MAX_SNAPSHOTS: usize = 16;
-
-struct Entry {
-    spec: SamplerSpec,
-    chain: Option<LlamaSampler>,
-    /// Tokens accepted before the chain was built, replayed into it.
-    history: Vec<i32>,
-}
-
-/// Samplers and snapshots on the inference thread.
-#[derive(Default)]
-pub struct Samplers {
+/// What the guest holds on the inference thread: sampler chains and KV
+/// snapshots, within `limits` (counts, and host bytes in all).
+pub struct HostObjects {
     next_id: u32,
-    samplers: HashMap<u32, Entry>,
-    snapshots: HashMap<u32, SeqState>,
+    chains: HashMap<u32, (Chain, u64)>,
+    snapshots: HashMap<u32, Vec<u8>>,
+    held: u64,
+    limits: Limits,
 }
 
-impl Samplers {
-    fn fresh_id(&mut self) -> u32 {
-        self.next_id = self.next_id.wrapping_add(1);
-        self.next_id
+impl HostObjects {
+    /// An empty table under `limits`.
+    pub fn new(limits: Limits) -> Self {
+        HostObjects { next_id: 0, chains: HashMap::new(), snapshots: HashMap::new(), held: 0, limits }
     }
 
-    /// Register a sampler configuration; returns its id.
-    pub fn add(&mut self, spec: SamplerSpec) -> Result<u32, LlamaError> {
-        if self.samplers.len() >= MAX_SAMPLERS {
-            return Err(LlamaError::InvalidArgument(format!("more than {MAX_SAMPLERS} live samplers")));
+    /// Host bytes held now.
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    fn reserve(&mut self, bytes: u64) -> Result<u32, LlamaError> {
+        if self.held.saturating_add(bytes) > self.limits.host_memory {
+            return Err(LlamaError::Limit(format!(
+                "the guest's objects would hold {} MiB of host memory (limit `host_memory`: {} MiB)",
+                (self.held + bytes) >> 20,
+                self.limits.host_memory >> 20
+            )));
         }
-        let id = self.fresh_id();
-        self.samplers.insert(id, Entry { spec, chain: None, history: Vec::new() });
+        self.held += bytes;
+        self.next_id = self.next_id.wrapping_add(1);
+        Ok(self.next_id)
+    }
+
+    /// Keep a chain costing `bytes`; its id.
+    pub fn add_chain(&mut self, chain: Chain, bytes: u64) -> Result<u32, LlamaError> {
+        if self.chains.len() >= self.limits.samplers {
+            return Err(LlamaError::Limit(format!("more than {} live samplers (limit `samplers`)", self.limits.samplers)));
+        }
+        let id = self.reserve(bytes)?;
+        self.chains.insert(id, (chain, bytes));
         Ok(id)
     }
 
-    /// Forget a sampler.
-    pub fn remove(&mut self, id: u32) {
-        self.samplers.remove(&id);
+    /// A chain by id.
+    pub fn chain(&mut self, id: u32) -> Result<&mut Chain, LlamaError> {
+        self.chains.get_mut(&id).map(|c| &mut c.0).ok_or_else(|| LlamaError::InvalidArgument(format!("unknown sampler {id}")))
     }
 
-    fn entry(&mut self, id: u32) -> Result<&mut Entry, LlamaError> {
-        self.samplers.get_mut(&id).ok_or_else(|| LlamaError::InvalidArgument(format!("unknown sampler {id}")))
+    /// Free a chain.
+    pub fn remove_chain(&mut self, id: u32) {
+        if let Some((_, bytes)) = self.chains.remove(&id) {
+            self.held -= bytes;
+        }
     }
 
-    /// Sample from the last decoded logits (and record the token).
-    pub fn sample(&mut self, id: u32, loaded: &mut Loaded<'_>) -> Result<i32, LlamaError> {
-        if !loaded.has_logits {
-            return Err(LlamaError::InvalidArgument("nothing to sample from: decode a token first".into()));
+    /// Keep a snapshot; its id.
+    pub fn add_snapshot(&mut self, state: Vec<u8>) -> Result<u32, LlamaError> {
+        if self.snapshots.len() >= self.limits.snapshots {
+            return Err(LlamaError::Limit(format!("more than {} live KV snapshots (limit `snapshots`)", self.limits.snapshots)));
         }
-        let n_vocab = loaded.n_vocab();
-        let entry = self.entry(id)?;
-        if entry.chain.is_none() {
-            let mut chain = entry.spec.build(n_vocab)?;
-            check_tokens(&entry.history, n_vocab)?;
-            chain.accept_many(entry.history.drain(..).map(LlamaToken));
-            entry.chain = Some(chain);
-        }
-        let chain = entry.chain.as_mut().ok_or(LlamaError::NoModel)?;
-        let token = chain.sample(&loaded.ctx, -1);
-        Ok(token.0)
-    }
-
-    /// Record tokens in a sampler's history.
-    pub fn accept(&mut self, id: u32, tokens: &[i32], n_vocab: Option<i32>) -> Result<(), LlamaError> {
-        let entry = self.entry(id)?;
-        match (&mut entry.chain, n_vocab) {
-            (Some(chain), Some(n)) => {
-                check_tokens(tokens, n)?;
-                chain.accept_many(tokens.iter().map(|&t| LlamaToken(t)));
-            }
-            _ => entry.history.extend_from_slice(tokens),
-        }
-        Ok(())
-    }
-
-    /// Reset a sampler's history and random state.
-    pub fn reset(&mut self, id: u32) -> Result<(), LlamaError> {
-        let entry = self.entry(id)?;
-        entry.history.clear();
-        if let Some(chain) = &mut entry.chain {
-            chain.reset();
-        }
-        Ok(())
-    }
-
-    /// Keep a snapshot; returns its id.
-    pub fn add_snapshot(&mut self, state: SeqState) -> Result<u32, LlamaError> {
-        if self.snapshots.len() >= MAX_SNAPSHOTS {
-            return Err(LlamaError::InvalidArgument(format!("more than {MAX_SNAPSHOTS} live KV snapshots")));
-        }
-        let id = self.fresh_id();
+        let id = self.reserve(state.len() as u64)?;
         self.snapshots.insert(id, state);
         Ok(id)
     }
 
     /// A snapshot by id.
-    pub fn snapshot(&self, id: u32) -> Result<&SeqState, LlamaError> {
-        self.snapshots.get(&id).ok_or_else(|| LlamaError::InvalidArgument(format!("unknown snapshot {id}")))
+    pub fn snapshot(&self, id: u32) -> Result<&[u8], LlamaError> {
+        self.snapshots.get(&id).map(Vec::as_slice).ok_or_else(|| LlamaError::InvalidArgument(format!("unknown snapshot {id}")))
     }
 
-    /// Forget a snapshot.
+    /// Free a snapshot.
     pub fn remove_snapshot(&mut self, id: u32) {
-        self.snapshots.remove(&id);
+        if let Some(s) = self.snapshots.remove(&id) {
+            self.held -= s.len() as u64;
+        }
+    }
+
+    /// Free everything (the model is gone; chains and states are tied to it).
+    pub fn clear(&mut self) {
+        self.chains.clear();
+        self.snapshots.clear();
+        self.held = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn greedy() -> SamplerConfig {
+        SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+            seed: 0,
+            logit_bias: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn every_chain_ends_in_a_choice_and_costly_or_bad_settings_are_refused() {
+        let (links, _) = chain_links(&greedy(), 100, 64).unwrap();
+        assert_eq!(links, vec![Link::Greedy]);
+        let mut c = greedy();
+        c.temperature = 0.7;
+        c.top_k = 40;
+        let (links, _) = chain_links(&c, 100, 64).unwrap();
+        assert_eq!(links.last(), Some(&Link::Dist(0)));
+        for bad in [
+            SamplerConfig { repeat_last_n: 268_435_456, repeat_penalty: 1.1, ..greedy() },
+            SamplerConfig { top_k: 101, ..greedy() },
+            SamplerConfig { logit_bias: vec![(100, 1.0)], ..greedy() },
+            SamplerConfig { temperature: f32::NAN, ..greedy() },
+            SamplerConfig { logit_bias: vec![(1, f32::NAN)], ..greedy() },
+        ] {
+            assert!(chain_links(&bad, 100, 64).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,26 +1,28 @@
 //! Platforms without `mincore`: residency is unknown and warmup is a plain
 //! sequential read.
 
+use std::fs::File;
 use std::io::Read;
+use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
 use super::{WarmupError, WarmupReport};
 
 /// Unknown: report the file as resident so no policy re-warms in a loop.
-pub fn residency(_path: &Path) -> Result<f32, WarmupError> {
+pub fn residency(_file: &File) -> Result<f32, WarmupError> {
     Ok(1.0)
 }
 
-/// Read the file once, front to back.
-pub fn warm_up(path: &Path, mut step: impl FnMut(u64, u64) -> bool) -> Result<WarmupReport, WarmupError> {
+/// Read the file once, front to back (the order is not followed here).
+pub fn warm_up(file: &File, _order: &[Range<u64>], mut step: impl FnMut(u64, u64) -> bool) -> Result<WarmupReport, WarmupError> {
     let start = Instant::now();
-    let mut f = std::fs::File::open(path).map_err(|e| WarmupError::Io(e.to_string()))?;
-    let total = f.metadata().map_err(|e| WarmupError::Io(e.to_string()))?.len();
+    let mut f = file;
+    let total = f.metadata().map_err(|e| WarmupError::Io(e.kind().to_string()))?.len();
     let mut buf = vec![0u8; 4 << 20];
     let mut done = 0u64;
     loop {
-        let n = f.read(&mut buf).map_err(|e| WarmupError::Io(e.to_string()))?;
+        let n = f.read(&mut buf).map_err(|e| WarmupError::Io(e.kind().to_string()))?;
         if n == 0 {
             break;
         }

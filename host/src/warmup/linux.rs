@@ -1,6 +1,8 @@
 //! Linux and Android: `mmap` + `madvise` + a touch pass, `mincore` for
 //! residency, `MADV_PAGEOUT`/`posix_fadvise` for eviction.
 
+use std::fs::File;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Instant;
@@ -12,8 +14,8 @@ use super::{WarmupError, WarmupReport};
 /// Pages touched between progress reports and cancellation checks (16 MiB of 4 KiB pages).
 const STEP: usize = 16 << 20;
 
-fn io(path: &Path, e: std::io::Error) -> WarmupError {
-    WarmupError::Io(format!("{}: {e}", path.display()))
+fn io(e: std::io::Error) -> WarmupError {
+    WarmupError::Io(e.kind().to_string())
 }
 
 fn page_size() -> usize {
@@ -22,15 +24,15 @@ fn page_size() -> usize {
     if p > 0 { p as usize } else { 4096 }
 }
 
-fn map(path: &Path) -> Result<Option<Mmap>, WarmupError> {
-    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
-    if file.metadata().map_err(|e| io(path, e))?.len() == 0 {
+fn map(file: &File) -> Result<Option<Mmap>, WarmupError> {
+    if file.metadata().map_err(io)?.len() == 0 {
         return Ok(None);
     }
-    // SAFETY: the mapping is read-only and only read through `touch`/`mincore`;
-    // the model file is not truncated while the app runs (a truncated file
-    // would raise SIGBUS, which is why the guest verifies it first).
-    let m = unsafe { Mmap::map(&file) }.map_err(|e| io(path, e))?;
+    // SAFETY: the mapping is read-only and read through MADV_POPULATE_READ
+    // (an error, not a SIGBUS, on a truncated file), `mincore` and, on old
+    // kernels only, a touch loop. The host never writes or truncates a file
+    // it has marked in use (fs.rs), and the warmup job marks its file.
+    let m = unsafe { Mmap::map(file) }.map_err(io)?;
     Ok(Some(m))
 }
 
@@ -48,20 +50,25 @@ fn resident_fraction(m: &Mmap) -> Result<f32, WarmupError> {
 }
 
 /// Fraction of the file's pages in memory (0.0–1.0).
-pub fn residency(path: &Path) -> Result<f32, WarmupError> {
-    match map(path)? {
+pub fn residency(file: &File) -> Result<f32, WarmupError> {
+    match map(file)? {
         Some(m) => resident_fraction(&m),
         None => Ok(1.0),
     }
 }
 
-/// Bring every page of the file into memory in one sequential pass:
-/// `WILLNEED` + `SEQUENTIAL` read-ahead hints, then `MADV_POPULATE_READ`
-/// per 16 MiB step (a read per page where the kernel lacks it).
-/// `step(done, total)` reports progress; returning false cancels.
-pub fn warm_up(path: &Path, mut step: impl FnMut(u64, u64) -> bool) -> Result<WarmupReport, WarmupError> {
+/// Bring the file's pages into memory, the byte ranges of `order` first
+/// (in that order), then the rest front to back: `WILLNEED` + `SEQUENTIAL`
+/// read-ahead hints, then `MADV_POPULATE_READ` per 16 MiB step (a read per
+/// page where the kernel lacks it). `step(done, total)` reports progress;
+/// returning false cancels.
+pub fn warm_up(
+    file: &File,
+    order: &[Range<u64>],
+    mut step: impl FnMut(u64, u64) -> bool,
+) -> Result<WarmupReport, WarmupError> {
     let start = Instant::now();
-    let Some(m) = map(path)? else {
+    let Some(m) = map(file)? else {
         return Ok(WarmupReport {
             bytes: 0,
             millis: 0.0,
@@ -72,49 +79,53 @@ pub fn warm_up(path: &Path, mut step: impl FnMut(u64, u64) -> bool) -> Result<Wa
     };
     let before = resident_fraction(&m)?;
     let _ = m.advise(Advice::Sequential);
-    let _ = m.advise(Advice::WillNeed);
     let page = page_size();
     let total = m.len();
+    let plan = pass_order(order, total, page);
     let mut sum = 0u8;
     let mut done = 0;
     // MADV_POPULATE_READ (Linux 5.14) faults a whole range in with one call
     // and the kernel's read-ahead; older kernels say EINVAL and get the
     // touch loop.
     let mut populate = true;
-    while done < total {
-        let end = (done + STEP).min(total);
-        if populate {
-            // SAFETY: [done, end) lies inside our read-only mapping and `done`
-            // is a multiple of STEP, so page-aligned; the call only reads.
-            let rc = unsafe {
-                libc::madvise(m.as_ptr().add(done) as *mut libc::c_void, end - done, libc::MADV_POPULATE_READ)
-            };
-            let e = std::io::Error::last_os_error();
-            if rc != 0 && matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) {
-                continue;
-            }
-            if rc != 0 {
-                // EINVAL: a kernel without it. Anything else (EFAULT on a
-                // file truncated under us, EIO) is an error, not a reason to
-                // touch the pages and take a SIGBUS.
-                if e.raw_os_error() != Some(libc::EINVAL) {
-                    let _ = m.advise(Advice::Normal);
-                    return Err(io(path, e));
+    for range in plan {
+        let mut at = range.start;
+        while at < range.end {
+            let end = (at + STEP).min(range.end);
+            if populate {
+                // SAFETY: [at, end) lies inside our read-only mapping and `at`
+                // is page-aligned (pass_order aligns every range); the call only reads.
+                let rc = unsafe {
+                    libc::madvise(m.as_ptr().add(at) as *mut libc::c_void, end - at, libc::MADV_POPULATE_READ)
+                };
+                let e = std::io::Error::last_os_error();
+                if rc != 0 && matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) {
+                    continue;
                 }
-                populate = false;
+                if rc != 0 {
+                    // EINVAL: a kernel without it. Anything else (EFAULT on a
+                    // file truncated under us, EIO) is an error, not a reason to
+                    // touch the pages and take a SIGBUS.
+                    if e.raw_os_error() != Some(libc::EINVAL) {
+                        let _ = m.advise(Advice::Normal);
+                        return Err(io(e));
+                    }
+                    populate = false;
+                }
             }
-        }
-        if !populate {
-            for off in (done..end).step_by(page) {
-                // A volatile read so the touch is not optimised away.
-                // SAFETY: `off` is inside the mapping.
-                sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(m.as_ptr().add(off)) });
+            if !populate {
+                for off in (at..end).step_by(page) {
+                    // A volatile read so the touch is not optimised away.
+                    // SAFETY: `off` is inside the mapping.
+                    sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(m.as_ptr().add(off)) });
+                }
             }
-        }
-        done = end;
-        if !step(done as u64, total as u64) {
-            let _ = m.advise(Advice::Normal);
-            return Err(WarmupError::Cancelled);
+            done += end - at;
+            at = end;
+            if !step(done as u64, total as u64) {
+                let _ = m.advise(Advice::Normal);
+                return Err(WarmupError::Cancelled);
+            }
         }
     }
     std::hint::black_box(sum);
@@ -129,12 +140,42 @@ pub fn warm_up(path: &Path, mut step: impl FnMut(u64, u64) -> bool) -> Result<Wa
     })
 }
 
+/// The ranges of a pass: those of `order` (page-aligned, clipped, without
+/// overlap) in that order, then what they leave out, front to back.
+fn pass_order(order: &[Range<u64>], total: usize, page: usize) -> Vec<Range<usize>> {
+    let mut covered: Vec<Range<usize>> = Vec::new();
+    let mut plan = Vec::new();
+    for r in order {
+        let start = (r.start as usize).min(total) / page * page;
+        let end = (r.end as usize).min(total).div_ceil(page).saturating_mul(page).min(total);
+        let mut pieces = vec![start..end];
+        for c in &covered {
+            pieces = pieces.into_iter().flat_map(|p| subtract(p, c)).collect();
+        }
+        covered.extend(pieces.iter().cloned());
+        plan.extend(pieces.into_iter().filter(|p| !p.is_empty()));
+    }
+    let mut rest = vec![0..total];
+    for c in &covered {
+        rest = rest.into_iter().flat_map(|p| subtract(p, c)).collect();
+    }
+    plan.extend(rest.into_iter().filter(|p| !p.is_empty()));
+    plan
+}
+
+fn subtract(a: Range<usize>, b: &Range<usize>) -> Vec<Range<usize>> {
+    if b.end <= a.start || b.start >= a.end {
+        return vec![a];
+    }
+    [a.start..b.start.max(a.start), b.end.min(a.end)..a.end].into_iter().filter(|r| !r.is_empty()).collect()
+}
+
 /// Push the file's pages out of memory, as the kernel does to an idle app,
 /// without root: `MADV_PAGEOUT` on every mapping of the file in this process
 /// (llama.cpp's included; `posix_fadvise` alone skips mapped pages), then
 /// `POSIX_FADV_DONTNEED`. Returns the residency afterwards.
 pub fn evict(path: &Path) -> Result<f32, WarmupError> {
-    let canonical = std::fs::canonicalize(path).map_err(|e| io(path, e))?;
+    let canonical = std::fs::canonicalize(path).map_err(io)?;
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
@@ -156,12 +197,12 @@ pub fn evict(path: &Path) -> Result<f32, WarmupError> {
             libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_PAGEOUT);
         }
     }
-    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let file = File::open(path).map_err(io)?;
     // SAFETY: a valid descriptor; the call only drops cached pages.
     unsafe {
         libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
     }
-    residency(path)
+    residency(&file)
 }
 
 #[cfg(test)]
@@ -174,7 +215,8 @@ mod tests {
         let path = dir.path().join("weights.bin");
         std::fs::write(&path, vec![7u8; 32 << 20]).unwrap();
         std::fs::File::open(&path).unwrap().sync_all().unwrap();
-        let r = warm_up(&path, |_, _| true).unwrap();
+        let f = File::open(&path).unwrap();
+        let r = warm_up(&f, &[], |_, _| true).unwrap();
         assert!(r.residency_after >= 0.99, "{r:?}");
         // A mapping that stays, like llama.cpp's.
         let file = std::fs::File::open(&path).unwrap();
@@ -188,7 +230,18 @@ mod tests {
             eprintln!("skipped: this kernel keeps the pages (residency {after})");
             return;
         }
-        let r = warm_up(&path, |_, _| true).unwrap();
+        let r = warm_up(&f, &[(8 << 20)..(9 << 20)], |_, _| true).unwrap();
         assert!(r.residency_before < 0.5 && r.residency_after >= 0.99, "{r:?}");
+        assert_eq!(r.bytes, 32 << 20);
+    }
+
+    #[test]
+    fn a_pass_reads_the_ordered_ranges_first_then_everything_else_once() {
+        let plan = pass_order(&[100..5000, 0..10, 4096..9000], 20_000, 4096);
+        assert_eq!(plan, vec![0..8192, 8192..12288, 12288..20_000]);
+        let plan = pass_order(&[12_288..16_384], 20_000, 4096);
+        assert_eq!(plan, vec![12_288..16_384, 0..12_288, 16_384..20_000]);
+        let total: usize = plan.iter().map(|r| r.len()).sum();
+        assert_eq!(total, 20_000);
     }
 }

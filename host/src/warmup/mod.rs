@@ -31,8 +31,25 @@ pub struct WarmupReport {
     pub residency_after: f32,
 }
 
+/// The order a forward pass first needs a model's weights: the layers'
+/// tensors (`blk.N.*`, by layer), then the rest (embeddings, output head).
+/// With Tiny Aya's tied embedding the 400 MB `token_embd` is needed only
+/// row by row until the output head at the very end; reading it first
+/// would make the first layers wait.
+pub fn forward_pass_order(gguf: &crate::gguf::Gguf) -> Vec<std::ops::Range<u64>> {
+    let layer = |name: &str| -> Option<u32> { name.strip_prefix("blk.")?.split('.').next()?.parse().ok() };
+    let mut tensors: Vec<(u32, u64, u64)> = gguf
+        .tensors
+        .iter()
+        .map(|t| (layer(&t.name).unwrap_or(u32::MAX), t.offset, t.offset + t.size))
+        .collect();
+    tensors.sort_by_key(|t| (t.0, t.1));
+    tensors.into_iter().map(|(_, a, b)| a..b).collect()
+}
+
 /// Errors of warmup and residency.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WarmupError {
     /// The file is missing or unreadable.
     #[error("{0}")]

@@ -196,6 +196,7 @@ public final class BittyBotTest {
                 expect("not-ready".equals(send), "send " + send);
                 // No model path: the download goes to a port nothing listens on.
                 idle.setModelSpec(specJson("http://127.0.0.1:" + closedPort() + "/m.gguf", Paths.get(model), 0));
+                idle.allowDownloadsFrom("http://127.0.0.1:", true);
                 States s = new States();
                 idle.start(s);
                 String again = kindOf(() -> idle.start(new States()));
@@ -221,6 +222,7 @@ public final class BittyBotTest {
         check("no model path, server unreachable: onError(no-network), nothing left behind", () -> {
             try (BittyBot b = BittyBot.create(dir("nomodel"), null)) {
                 b.setModelSpec(specJson("http://127.0.0.1:" + closedPort() + "/m.gguf", Paths.get(model), 0));
+                b.allowDownloadsFrom("http://127.0.0.1:", true);
                 States s = new States();
                 b.start(s);
                 await(s.done, "the end of start-up");
@@ -236,6 +238,7 @@ public final class BittyBotTest {
             try (BittyBot b = BittyBot.create(dir("download"), null)) {
                 String url = "http://127.0.0.1:" + server.getAddress().getPort() + "/m.gguf";
                 b.setModelSpec(specJson(url, Paths.get(model), 2));
+                b.allowDownloadsFrom("http://127.0.0.1:" + server.getAddress().getPort() + "/", true);
                 States s = new States();
                 b.start(s);
                 await(s.done, "the end of start-up");

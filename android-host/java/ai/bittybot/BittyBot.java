@@ -62,6 +62,16 @@ public final class BittyBot implements AutoCloseable {
     }
 
     /**
+     * Also allow model downloads from URLs starting with {@code urlPrefix}
+     * (by default only the built-in model's release location, over HTTPS).
+     * {@code allowPrivateAddresses} lets downloads reach loopback and private
+     * addresses (a local server, a LAN mirror). Call before {@link #start}.
+     */
+    public void allowDownloadsFrom(String urlPrefix, boolean allowPrivateAddresses) {
+        nativeAllowDownloads(handle, urlPrefix, allowPrivateAddresses);
+    }
+
+    /**
      * Replace the built-in model spec (JSON: url, file_name, size, sha256, and
      * optionally free_space_margin, retries, retry_base_ms) used to download
      * and verify the model when no model path is set. Call before {@link #start}.
@@ -140,6 +150,7 @@ public final class BittyBot implements AutoCloseable {
     private static native long nativeCreate(String dataDir, String guestPath);
     private static native void nativeSetModelPath(long handle, String path);
     private static native void nativeSetModelSpec(long handle, String json);
+    private static native void nativeAllowDownloads(long handle, String urlPrefix, boolean allowPrivate);
     private static native void nativeConfigure(long handle, int kind, int maxTokens, float temperature);
     private static native void nativeStart(long handle, StateListener listener);
     private static native void nativeSend(long handle, int kind, String text, ReplyBridge reply);
@@ -148,6 +159,10 @@ public final class BittyBot implements AutoCloseable {
     private static native void nativeSetTranslationPair(long handle, String from, String to);
     private static native void nativeClose(long handle);
 
-    /** Test only: panics inside native code (must become a BittyBotException of kind "panic"). */
+    /**
+     * Test only: panics inside native code (must become a BittyBotException
+     * of kind "panic"). Exists only in a library built with the
+     * {@code jvm-test} feature; elsewhere it throws UnsatisfiedLinkError.
+     */
     static native void nativeTestPanic();
 }

@@ -1,0 +1,407 @@
+//! `bittybot bench`: the full path through the guest against a raw
+//! llama.cpp loop with no guest (`raw.rs`), on the same model, threads,
+//! prompt tokens and greedy sampling, alternating repetition by repetition
+//! so drift in the machine hits both alike, and compared pair by pair; then
+//! the page-residency cases (`residency.rs`) and the prefix cache across
+//! restarts (`prefix.rs`).
+//!
+//! Definitions (the same for both paths):
+//! - load: model file → ready context;
+//! - TTFT: from handing over the prompt to the first visible text (raw: the
+//!   first sampled token's text), measured on the host;
+//! - prompt tok/s: prompt tokens ÷ prompt evaluation time;
+//! - decode tok/s: (generated − 1) ÷ time from the first to the last sampled token.
+
+mod prefix;
+mod raw;
+mod residency;
+mod table;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bittybot_host::{
+    GuestSource, LoadOptions, Message, ModelSource, Runtime, RuntimeError, RuntimeOptions, Session, SessionKind,
+    SessionOptions,
+};
+use serde::Serialize;
+
+pub use table::table;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The GGUF model.
+    pub model: PathBuf,
+    /// The runtime's data directory.
+    pub data_dir: PathBuf,
+    /// The guest.
+    pub guest: GuestSource,
+    /// Generation threads (default: the guest's choice, used for both paths).
+    pub threads: Option<u32>,
+    /// Prompt threads (default: the guest's choice).
+    pub threads_batch: Option<u32>,
+    /// Context per sequence.
+    pub n_ctx: u32,
+    /// Logical batch.
+    pub n_batch: u32,
+    /// Repetitions.
+    pub reps: usize,
+    /// The user message.
+    pub prompt: String,
+    /// The system prompt.
+    pub system: String,
+    /// Most tokens generated per repetition.
+    pub max_tokens: u32,
+    /// Repetitions of the eviction cases (0 skips them).
+    pub evict_reps: usize,
+    /// Think time between `prepare` and send in case (d).
+    pub think: Duration,
+    /// Repetitions of the prefix-cache restarts (0 skips them).
+    pub prefix_reps: usize,
+}
+
+/// One repetition's figures.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Sample {
+    /// ms.
+    pub ttft_ms: f64,
+    /// tokens/s.
+    pub prompt_tps: f64,
+    /// tokens/s.
+    pub decode_tps: f64,
+    /// Prompt tokens evaluated.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub generated: u32,
+}
+
+/// Median and spread of a series.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Summary {
+    /// Median.
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// Median, min and max of values (zeros when empty).
+pub fn summarize(values: &[f64]) -> Summary {
+    if values.is_empty() {
+        return Summary { median: 0.0, min: 0.0, max: 0.0 };
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Summary { median, min: v[0], max: v[n - 1] }
+}
+
+/// One path's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathReport {
+    /// Model load, ms.
+    pub load_ms: f64,
+    /// TTFT.
+    pub ttft_ms: Summary,
+    /// Prompt speed.
+    pub prompt_tps: Summary,
+    /// Decode speed.
+    pub decode_tps: Summary,
+    /// Every repetition.
+    pub samples: Vec<Sample>,
+}
+
+impl PathReport {
+    fn new(load_ms: f64, samples: Vec<Sample>) -> Self {
+        let col = |f: fn(&Sample) -> f64| summarize(&samples.iter().map(f).collect::<Vec<_>>());
+        PathReport {
+            load_ms,
+            ttft_ms: col(|s| s.ttft_ms),
+            prompt_tps: col(|s| s.prompt_tps),
+            decode_tps: col(|s| s.decode_tps),
+            samples,
+        }
+    }
+}
+
+/// Guest start-up figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct StartFigures {
+    /// First start: component load (compile when the cache was empty), ms.
+    pub first_component_ms: f64,
+    /// First start: how the component was obtained.
+    pub first_outcome: String,
+    /// Second start: component from the cache, ms.
+    pub cached_component_ms: f64,
+    /// Second start: how the component was obtained.
+    pub cached_outcome: String,
+    /// Second start: link + instantiate (+ inference thread), ms.
+    pub cached_instantiate_ms: f64,
+}
+
+/// The whole benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Model file.
+    pub model: String,
+    /// Model bytes.
+    pub model_bytes: u64,
+    /// Generation threads.
+    pub threads: u32,
+    /// Prompt threads.
+    pub threads_batch: u32,
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Repetitions.
+    pub reps: usize,
+    /// Raw llama-cpp-2.
+    pub raw: PathReport,
+    /// Through the guest.
+    pub guest: PathReport,
+    /// guest decode tok/s ÷ raw (medians).
+    pub decode_ratio: f64,
+    /// guest prompt tok/s ÷ raw (medians).
+    pub prompt_ratio: f64,
+    /// guest TTFT − raw TTFT (medians), ms.
+    pub ttft_overhead_ms: f64,
+    /// guest TTFT − raw TTFT of each repetition (the two run back to back), ms.
+    pub ttft_overhead_paired_ms: Summary,
+    /// guest TTFT ÷ raw TTFT of each repetition.
+    pub ttft_ratio_paired: Summary,
+    /// Guest start-up.
+    pub start: StartFigures,
+    /// Whether both paths generated the same number of tokens every time.
+    pub same_tokens: bool,
+    /// The page-residency cases, when run.
+    pub residency: Option<ResidencyReport>,
+    /// First-turn TTFT after a restart with and without the prefix cache, when run.
+    pub prefix: Option<PrefixReport>,
+}
+
+/// First turn after a restart: the system turn evaluated, or restored from
+/// the saved state; against a later turn of the same length.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrefixReport {
+    /// Prompt tokens of the first turn without the cache.
+    pub prompt_tokens: u32,
+    /// Prompt tokens evaluated with the cache.
+    pub cached_prompt_tokens: u32,
+    /// First turn after a restart, cache off.
+    pub first_uncached_ttft_ms: Summary,
+    /// First turn after a restart, cache on.
+    pub first_cached_ttft_ms: Summary,
+    /// A later turn with the same message.
+    pub later_ttft_ms: Summary,
+    /// cached first turn ÷ later turn (medians).
+    pub cached_vs_later: f64,
+}
+
+/// One eviction case.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseReport {
+    /// What the case does.
+    pub case: String,
+    /// TTFT.
+    pub ttft_ms: Summary,
+    /// Prompt speed.
+    pub prompt_tps: Summary,
+    /// Decode speed.
+    pub decode_tps: Summary,
+    /// Model residency when the turn started.
+    pub residency: Summary,
+    /// Re-warm time inside the turn.
+    pub warmup_ms: Summary,
+}
+
+/// The page-residency benchmark: what the phone's "after idle" costs and
+/// what warmup and `prepare` win back.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResidencyReport {
+    /// Residency right after an eviction (how well eviction works here).
+    pub after_evict: f32,
+    /// (a) fully resident, (b) evicted without warmup, (c) evicted with
+    /// re-warm at send, (d) evicted with `prepare` and a think time.
+    pub cases: Vec<CaseReport>,
+    /// (d) TTFT ÷ (a) TTFT (medians).
+    pub prepared_vs_resident: f64,
+    /// Warmup pass on an evicted file, bytes/s (median).
+    pub warmup_bytes_per_s: f64,
+    /// `cat FILE > /dev/null` on an evicted file, bytes/s (median).
+    pub cat_bytes_per_s: f64,
+}
+
+/// Errors of the benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub(crate) fn runtime_options(cfg: &BenchConfig) -> RuntimeOptions {
+    let mut o = RuntimeOptions::new(&cfg.data_dir);
+    o.guest = cfg.guest.clone();
+    o.model = Some(cfg.model.clone());
+    o
+}
+
+/// Run the benchmark.
+pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchReport, BenchError> {
+    if cfg.reps == 0 {
+        return Err(BenchError::Other("at least one repetition is needed".into()));
+    }
+    // Start-up: a first start (compiles when the cache is empty), then a
+    // second one that must come from the cache.
+    let first = Runtime::start(runtime_options(cfg))?;
+    let first_report = first.start_report().clone();
+    drop(first);
+    let mut rt = Runtime::start(runtime_options(cfg))?;
+    let second = rt.start_report().clone();
+
+    progress("loading the model through the guest");
+    let t = Instant::now();
+    let info = rt
+        .load_model(&LoadOptions {
+            source: ModelSource::Provided,
+            n_ctx: Some(cfg.n_ctx),
+            n_batch: Some(cfg.n_batch),
+            threads: cfg.threads,
+            threads_batch: cfg.threads_batch,
+            use_mmap: Some(true),
+        })?
+        .info;
+    let guest_load_ms = ms(t.elapsed());
+    let threads = info.settings.threads;
+    let threads_batch = info.settings.threads_batch;
+
+    let session = rt.open_session(SessionKind::Chat)?;
+    let mut opts = SessionOptions::unchanged();
+    opts.temperature = Some(0.0);
+    opts.repeat_penalty = Some(1.0);
+    opts.max_tokens = Some(cfg.max_tokens);
+    opts.system_prompt = Some(cfg.system.clone());
+    // The raw loop evaluates the whole prompt every time; so must the guest here.
+    opts.prefix_cache = Some(false);
+    rt.configure(&session, &opts)?;
+    let rendered = rt.render_prompt(
+        &[
+            Message { role: "system".into(), content: cfg.system.clone() },
+            Message { role: "user".into(), content: cfg.prompt.clone() },
+        ],
+        true,
+    )?;
+    let prompt_tokens = rendered.tokens;
+    if prompt_tokens.is_empty() {
+        return Err(BenchError::Other("the prompt rendered to no tokens".into()));
+    }
+
+    progress("loading the model for the raw loop");
+    // The same context shape as the guest's (sequences × context), so only
+    // the path differs.
+    let shape = raw::RawShape {
+        n_ctx: cfg.n_ctx,
+        n_seq: info.settings.n_seq_max,
+        n_batch: cfg.n_batch,
+        threads,
+        threads_batch,
+    };
+    let (mut raw, raw_load_ms) = raw::RawLoop::load(&cfg.model, &shape)?;
+
+    // One unmeasured round each: first-touch of pages, thread pools, caches.
+    raw.run(&prompt_tokens, cfg.max_tokens.min(8))?;
+    rt.reset(&session)?;
+    turn(&mut rt, &session, &cfg.prompt)?;
+
+    let mut raw_samples = Vec::new();
+    let mut guest_samples = Vec::new();
+    let mut same_tokens = true;
+    for rep in 0..cfg.reps {
+        progress(&format!("repetition {}/{}", rep + 1, cfg.reps));
+        // Alternate which path goes first, so neither always runs on a warmer machine.
+        let (r, g) = if rep % 2 == 0 {
+            let r = raw.run(&prompt_tokens, cfg.max_tokens)?;
+            rt.reset(&session)?;
+            (r, turn(&mut rt, &session, &cfg.prompt)?.0)
+        } else {
+            rt.reset(&session)?;
+            let g = turn(&mut rt, &session, &cfg.prompt)?.0;
+            (raw.run(&prompt_tokens, cfg.max_tokens)?, g)
+        };
+        same_tokens &= g.generated == r.generated && g.prompt_tokens == r.prompt_tokens;
+        raw_samples.push(r);
+        guest_samples.push(g);
+    }
+    let residency = if cfg.evict_reps > 0 {
+        progress("page residency cases");
+        Some(residency::cases(cfg, &mut rt, &session)?)
+    } else {
+        None
+    };
+    rt.close_session(session)?;
+    drop(rt);
+    let prefix = if cfg.prefix_reps > 0 {
+        progress("prefix cache restarts");
+        Some(prefix::restarts(cfg, threads, threads_batch)?)
+    } else {
+        None
+    };
+
+    let pairs = raw_samples.iter().zip(&guest_samples);
+    let overhead: Vec<f64> = pairs.clone().map(|(r, g)| g.ttft_ms - r.ttft_ms).collect();
+    let ratios: Vec<f64> = pairs.map(|(r, g)| g.ttft_ms / r.ttft_ms.max(1e-9)).collect();
+    let raw = PathReport::new(raw_load_ms, raw_samples);
+    let guest = PathReport::new(guest_load_ms, guest_samples);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    Ok(BenchReport {
+        model: cfg.model.display().to_string(),
+        model_bytes: std::fs::metadata(&cfg.model).map(|m| m.len()).unwrap_or(0),
+        threads,
+        threads_batch,
+        prompt_tokens: prompt_tokens.len() as u32,
+        reps: cfg.reps,
+        decode_ratio: ratio(guest.decode_tps.median, raw.decode_tps.median),
+        prompt_ratio: ratio(guest.prompt_tps.median, raw.prompt_tps.median),
+        ttft_overhead_ms: guest.ttft_ms.median - raw.ttft_ms.median,
+        ttft_overhead_paired_ms: summarize(&overhead),
+        ttft_ratio_paired: summarize(&ratios),
+        raw,
+        guest,
+        start: StartFigures {
+            first_component_ms: first_report.component.component_ms,
+            first_outcome: format!("{:?}", first_report.component.outcome),
+            cached_component_ms: second.component.component_ms,
+            cached_outcome: format!("{:?}", second.component.outcome),
+            cached_instantiate_ms: second.instantiate_ms,
+        },
+        same_tokens,
+        residency,
+        prefix,
+    })
+}
+
+/// One turn through the guest: (figures, residency at send, re-warm ms).
+/// TTFT is the host's: from the call to `send` to the first chunk.
+pub(crate) fn turn(rt: &mut Runtime, session: &Session, prompt: &str) -> Result<(Sample, f32, f64), BenchError> {
+    let start = Instant::now();
+    let reply = rt.reply(session, prompt, |_| true)?;
+    let stats = reply.stats;
+    let sample = Sample {
+        ttft_ms: ms(reply.first_chunk.unwrap_or_else(|| start.elapsed())),
+        prompt_tps: stats.prompt_tokens_per_s,
+        decode_tps: stats.decode_tokens_per_s,
+        prompt_tokens: stats.prompt_tokens,
+        generated: stats.generated_tokens,
+    };
+    Ok((sample, stats.residency, stats.warmup_ms))
+}
+

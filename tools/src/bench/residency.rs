@@ -1,0 +1,100 @@
+//! The page-residency cases: what the phone's "after idle" costs and what
+//! warmup and `prepare` win back. (a) resident, (b) evicted and sent
+//! without warmup, (c) evicted with the re-warm at send, (d) evicted,
+//! `prepare`, think time, send; and a warmup pass against `cat`.
+
+use std::fs::File;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bittybot_host::warmup;
+use bittybot_host::{Runtime, Session, SessionOptions};
+
+use super::{BenchConfig, BenchError, CaseReport, ResidencyReport, Sample, summarize, turn};
+
+fn warm(path: &Path) -> Result<warmup::WarmupReport, BenchError> {
+    let f = File::open(path).map_err(|e| BenchError::Other(e.to_string()))?;
+    warmup::warm_up(&f, &[], |_, _| true).map_err(|e| BenchError::Other(e.to_string()))
+}
+
+fn evict(path: &Path) -> Result<f32, BenchError> {
+    let r = warmup::evict(path).map_err(|e| BenchError::Other(e.to_string()))?;
+    // Let background readahead from the previous turn settle.
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(r)
+}
+
+pub(super) fn cases(cfg: &BenchConfig, rt: &mut Runtime, session: &Session) -> Result<ResidencyReport, BenchError> {
+    let path = rt.model_path().ok_or_else(|| BenchError::Other("no model".into()))?.to_owned();
+    let set_rewarm = |rt: &mut Runtime, on: bool| {
+        let mut o = SessionOptions::unchanged();
+        o.rewarm = Some(on);
+        rt.configure(session, &o)
+    };
+    let mut after_evict = Vec::new();
+    let mut rows: Vec<(&str, Vec<(Sample, f32, f64)>)> = vec![
+        ("(a) resident", Vec::new()),
+        ("(b) evicted, no warmup", Vec::new()),
+        ("(c) evicted, re-warm at send", Vec::new()),
+        ("(d) evicted, prepare + think", Vec::new()),
+    ];
+    let mut warm_speed = Vec::new();
+    let mut cat_speed = Vec::new();
+    for _ in 0..cfg.evict_reps {
+        // (a): everything in memory.
+        set_rewarm(rt, true)?;
+        warm(&path)?;
+        rt.reset(session)?;
+        rows[0].1.push(turn(rt, session, &cfg.prompt)?);
+        // (b): evicted, the turn faults pages in one at a time.
+        set_rewarm(rt, false)?;
+        after_evict.push(evict(&path)? as f64);
+        rt.reset(session)?;
+        rows[1].1.push(turn(rt, session, &cfg.prompt)?);
+        // (c): evicted, the guest re-warms alongside the prompt.
+        set_rewarm(rt, true)?;
+        evict(&path)?;
+        rt.reset(session)?;
+        rows[2].1.push(turn(rt, session, &cfg.prompt)?);
+        // (d): evicted, `prepare` when the user starts typing, send after the think time.
+        evict(&path)?;
+        rt.reset(session)?;
+        rt.prepare(session)?;
+        std::thread::sleep(cfg.think);
+        rows[3].1.push(turn(rt, session, &cfg.prompt)?);
+        // Warmup pass vs `cat`, both on an evicted file.
+        evict(&path)?;
+        let w = warm(&path)?;
+        warm_speed.push(w.bytes_per_s);
+        evict(&path)?;
+        let t = Instant::now();
+        let status = std::process::Command::new("cat")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| BenchError::Other(format!("cat: {e}")))?;
+        if !status.success() {
+            return Err(BenchError::Other("cat failed".into()));
+        }
+        cat_speed.push(w.bytes as f64 / t.elapsed().as_secs_f64());
+    }
+    let cases: Vec<CaseReport> = rows
+        .into_iter()
+        .map(|(case, v)| CaseReport {
+            case: case.to_owned(),
+            ttft_ms: summarize(&v.iter().map(|x| x.0.ttft_ms).collect::<Vec<_>>()),
+            prompt_tps: summarize(&v.iter().map(|x| x.0.prompt_tps).collect::<Vec<_>>()),
+            decode_tps: summarize(&v.iter().map(|x| x.0.decode_tps).collect::<Vec<_>>()),
+            residency: summarize(&v.iter().map(|x| x.1 as f64).collect::<Vec<_>>()),
+            warmup_ms: summarize(&v.iter().map(|x| x.2).collect::<Vec<_>>()),
+        })
+        .collect();
+    Ok(ResidencyReport {
+        after_evict: summarize(&after_evict).median as f32,
+        prepared_vs_resident: cases[3].ttft_ms.median / cases[0].ttft_ms.median.max(1e-9),
+        cases,
+        warmup_bytes_per_s: summarize(&warm_speed).median,
+        cat_bytes_per_s: summarize(&cat_speed).median,
+    })
+}
+

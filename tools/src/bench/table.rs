@@ -1,0 +1,98 @@
+//! The report as a table.
+
+use super::{BenchReport, PathReport, ResidencyReport, Summary};
+
+/// The residency cases as a table.
+fn residency_table(r: &ResidencyReport) -> String {
+    let s = |x: Summary, p: usize| format!("{:.p$} [{:.p$}–{:.p$}]", x.median, x.min, x.max, p = p);
+    let mut out = format!(
+        "\n{:<30} {:>26} {:>22} {:>22} {:>12} {:>10}\n",
+        "case", "TTFT ms", "prompt tok/s", "decode tok/s", "residency", "warmup ms"
+    );
+    for c in &r.cases {
+        out.push_str(&format!(
+            "{:<30} {:>26} {:>22} {:>22} {:>12.2} {:>10.0}\n",
+            c.case,
+            s(c.ttft_ms, 1),
+            s(c.prompt_tps, 0),
+            s(c.decode_tps, 1),
+            c.residency.median,
+            c.warmup_ms.median
+        ));
+    }
+    out.push_str(&format!(
+        "residency after eviction {:.3}; (d)/(a) TTFT {:.2}; warmup pass {:.0} MB/s vs cat {:.0} MB/s ({:.2}×)\n",
+        r.after_evict,
+        r.prepared_vs_resident,
+        r.warmup_bytes_per_s / 1e6,
+        r.cat_bytes_per_s / 1e6,
+        r.warmup_bytes_per_s / r.cat_bytes_per_s.max(1e-9)
+    ));
+    out
+}
+
+/// The report as a table.
+pub fn table(r: &BenchReport) -> String {
+    let row = |name: &str, p: &PathReport| {
+        let s = |x: Summary, prec: usize| format!("{:.p$} [{:.p$}–{:.p$}]", x.median, x.min, x.max, p = prec);
+        format!(
+            "{name:<16} {:>9.1}  {:>24}  {:>24}  {:>24}\n",
+            p.load_ms,
+            s(p.ttft_ms, 1),
+            s(p.prompt_tps, 0),
+            s(p.decode_tps, 1)
+        )
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "model {} ({:.1} MB), threads {}/{} (decode/prompt), prompt {} tokens, {} repetitions (median [min–max])\n\n",
+        r.model,
+        r.model_bytes as f64 / 1e6,
+        r.threads,
+        r.threads_batch,
+        r.prompt_tokens,
+        r.reps
+    ));
+    out.push_str(&format!(
+        "{:<16} {:>9}  {:>24}  {:>24}  {:>24}\n",
+        "path", "load ms", "TTFT ms", "prompt tok/s", "decode tok/s"
+    ));
+    out.push_str(&row("raw llama-cpp-2", &r.raw));
+    out.push_str(&row("through guest", &r.guest));
+    out.push_str(&format!(
+        "\nguest ÷ raw: decode {:.3}×, prompt {:.3}×; TTFT overhead: medians {:+.2} ms, paired {:+.2} ms [{:+.2}…{:+.2}] (ratio {:.4}×); same token counts: {}\n",
+        r.decode_ratio,
+        r.prompt_ratio,
+        r.ttft_overhead_ms,
+        r.ttft_overhead_paired_ms.median,
+        r.ttft_overhead_paired_ms.min,
+        r.ttft_overhead_paired_ms.max,
+        r.ttft_ratio_paired.median,
+        r.same_tokens
+    ));
+    out.push_str(&format!(
+        "guest start: first {:.1} ms ({}), second {:.2} ms ({}) + instantiate {:.2} ms\n",
+        r.start.first_component_ms,
+        r.start.first_outcome,
+        r.start.cached_component_ms,
+        r.start.cached_outcome,
+        r.start.cached_instantiate_ms
+    ));
+    if let Some(res) = &r.residency {
+        out.push_str(&residency_table(res));
+    }
+    if let Some(p) = &r.prefix {
+        let s = |x: Summary| format!("{:.1} [{:.1}–{:.1}]", x.median, x.min, x.max);
+        out.push_str(&format!(
+            "\nfirst turn after a restart: no prefix cache {} ms ({} tokens evaluated), \
+             prefix cache {} ms ({} tokens); later turn {} ms; cached/later {:.2}\n",
+            s(p.first_uncached_ttft_ms),
+            p.prompt_tokens,
+            s(p.first_cached_ttft_ms),
+            p.cached_prompt_tokens,
+            s(p.later_ttft_ms),
+            p.cached_vs_later
+        ));
+    }
+    out
+}
