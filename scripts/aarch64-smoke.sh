@@ -102,6 +102,9 @@ for v in "${variants[@]}"; do
   mkdir -p "$dir/cc"
   env=(
     CARGO_TARGET_DIR="$dir"
+    # No debug info: the smoke reads no backtraces, and llama.cpp then builds
+    # as CMake `Release` instead of `RelWithDebInfo` (a shorter compile).
+    CARGO_PROFILE_RELEASE_DEBUG=false
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
     AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
   )
@@ -119,7 +122,7 @@ for v in "${variants[@]}"; do
 
   say "[$v] cross-building bittybot for $TARGET in ${dir#"$ROOT"/}"
   t0=$(date +%s)
-  env "${env[@]}" nice -n 10 cargo build --release -p bittybot-host --bin bittybot --target "$TARGET"
+  env "${env[@]}" nice -n 10 cargo build --release -p bittybot-tools --bin bittybot --target "$TARGET"
   build_s=$(($(date +%s) - t0))
   bin="$dir/$TARGET/release/bittybot"
   aarch64-linux-gnu-readelf -h "$bin" | grep -q "AArch64" || die "[$v] $bin is not an aarch64 binary"

@@ -46,10 +46,11 @@ export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols
 # 16 KB page alignment, required for apps targeting Android 15+ on 16 KB devices.
 export CARGO_TARGET_AARCH64_LINUX_ANDROID_RUSTFLAGS="${CARGO_TARGET_AARCH64_LINUX_ANDROID_RUSTFLAGS:-} -C link-arg=-Wl,-z,max-page-size=16384"
 
-# `android-static-stdcxx` (a feature of bittybot-android) turns on llama-cpp-2's
-# feature of that name, i.e. llama-cpp-sys-2's `static-stdcxx`: ANDROID_STL=c++_static
-# and linking c++_static + c++abi. The workspace already disables llama-cpp-2's
-# default features, which include the conflicting `android-shared-stdcxx`.
+# `android-static-stdcxx` (a feature of bittybot-android) turns on
+# bittybot-host's feature of that name, i.e. llama-cpp-sys-2's `static-stdcxx`:
+# ANDROID_STL=c++_static and linking c++_static + c++abi (the host's own C++
+# shim around llama.cpp's C API links against the same). No test hooks, no
+# `jvm-test` entry point: this is the shipping build.
 cargo ndk --target arm64-v8a --platform "$API" --output-dir "$OUT" \
   build --release -p bittybot-android --features bittybot-android/android-static-stdcxx
 

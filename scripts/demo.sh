@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release -p bittybot-host
+cargo build --release -p bittybot-tools
 ./target/release/bittybot chat -m .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf \
   -p "${1:-Hello! In two sentences, what can you help me with?}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The Android host's Java API on a desktop JVM: builds the JNI library
-# (cargo build --release -p bittybot-android), compiles the Java API
+# The Android host's Java API on a desktop JVM: builds the JNI library with
+# its test entry point (the `jvm-test` feature; the same feature set as
+# scripts/test.sh's build, so nothing is compiled twice), compiles the Java API
 # (android-host/java) and the test (android-host/java-test) with javac into
 # target/jvm, and runs the test on the real library, the built-in guest and
 # the demo model. Needs a JDK (javac, java): Debian's default-jdk-headless
@@ -17,7 +18,7 @@ if ! command -v javac >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq default-jdk-headless >/dev/null
 fi
 
-cargo build --release -p bittybot-android
+cargo build --release --workspace --all-targets --features bittybot-android/jvm-test
 
 OUT=target/jvm
 rm -rf "$OUT"

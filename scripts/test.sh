@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
-# Every test: guest unit tests (native), host unit tests, the integration
-# tests on the real guest with real models, and the Android host's Java API
-# on a real JVM. Installs what it needs first (scripts/setup.sh).
+# Every test: guest unit tests (native), host and tools unit tests, the
+# integration tests on the real guest with real models, and the Android
+# host's Java API on a real JVM. Installs what it needs first
+# (scripts/setup.sh). Prints the time of each phase at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-cargo test --release --workspace
-scripts/jvm-test.sh
+# One feature set for everything (the JVM test's entry point included), so
+# llama.cpp and wasmtime are compiled once.
+FEATURES=(--release --workspace --features bittybot-android/jvm-test)
+times=()
+step() { # step NAME COMMAND...
+  local name=$1 t0=$SECONDS
+  shift
+  "$@"
+  times+=("$(printf '%-22s %5d s' "$name" $((SECONDS - t0)))")
+}
+step setup scripts/setup.sh
+step build cargo build "${FEATURES[@]}" --all-targets
+step "rust tests" cargo test "${FEATURES[@]}"
+step "jvm test" scripts/jvm-test.sh
+printf '\ntest.sh phases:\n'
+printf '  %s\n' "${times[@]}"

@@ -297,6 +297,11 @@ impl<H: SetupHost> Setup<H> {
 
     fn download_error(&mut self, host: &H, spec: &ModelSpec, e: DownloadError) -> SetupError {
         let after = self.attempt;
+        // An empty `.part` (the server refused before any byte) holds
+        // nothing to resume: leave no trace of the attempt.
+        if host.stat(Root::Models, &spec.part_name()).ok().flatten().is_some_and(|s| s.size == 0) {
+            let _ = host.remove(Root::Models, &spec.part_name());
+        }
         match e {
             DownloadError::NotAllowed(m) => SetupError::NotAllowed(m),
             DownloadError::NoNetwork(m) => SetupError::NoNetwork(format!("{m} (after {after} attempts)")),

@@ -415,11 +415,12 @@ impl Folders {
                     .provided_model
                     .clone()
                     .ok_or_else(|| FsError::NotFound("the provided model (none was given to the host)".into()))?;
-                let file = File::open(&path).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => FsError::NotFound("the provided model".into()),
-                    k => FsError::Io(format!("the provided model: {k}")),
-                })?;
+                // The guest learns the file's name, never the host's folders.
                 let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let file = File::open(&path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => FsError::NotFound(format!("the provided model {file_name}")),
+                    k => FsError::Io(format!("the provided model {file_name}: {k}")),
+                })?;
                 Ok(ModelFile { file, name: format!("the provided model {file_name}"), file_name, host_path: path })
             }
         }

@@ -99,7 +99,7 @@ fn hostile_numbers_and_a_crafted_gguf_get_errors_not_a_crash() {
     alive(&mut rt);
     let report = attack(&mut rt, "huge-penalty");
     for what in ["penalty window 268435456", "top-k 10^9", "bias on token -5", "decode into sequence 999", "decode token 10^9"] {
-        assert!(outcome(&report, what).contains(": error InvalidArgument"), "{what}:\n{report}");
+        assert!(outcome(&report, what).contains(": error InferenceError::InvalidArgument"), "{what}:\n{report}");
     }
     assert!(outcome(&report, "token-bytes 2^31-1").ends_with("ok 0"));
     assert!(outcome(&report, "kv-remove 4e9").ends_with("ok false"));
@@ -109,7 +109,7 @@ fn hostile_numbers_and_a_crafted_gguf_get_errors_not_a_crash() {
     assert!(outcome(&report, "write models/evil.gguf").contains("ok"));
     for what in ["inspect evil.gguf", "load evil.gguf"] {
         let l = outcome(&report, what);
-        assert!(l.contains("error LoadFailed") && l.contains("models/evil.gguf"), "{l}");
+        assert!(l.contains("error InferenceError::LoadFailed") && l.contains("models/evil.gguf"), "{l}");
     }
     no_host_paths(&report, &[dir.path()]);
     alive(&mut rt);
@@ -140,9 +140,9 @@ fn downloads_go_only_where_the_app_allows() {
     // The default policy: the release location over HTTPS, nothing on loopback.
     let mut rt = runtime(dir.path(), |o| o.network = NetworkPolicy::default());
     let report = attack(&mut rt, &format!("exfiltrate {}/leak", logger.base));
-    assert!(outcome(&report, "transfer").contains("error NotAllowed"), "{report}");
+    assert!(outcome(&report, "transfer").contains("error DownloadError::NotAllowed"), "{report}");
     let report = attack(&mut rt, "big-download https://github.com/sneptech/bittybot/releases/download/v1/huge.gguf");
-    assert!(outcome(&report, "transfer of 10 GB").contains("error TooLarge"), "{report}");
+    assert!(outcome(&report, "transfer of 10 GB").contains("error DownloadError::TooLarge"), "{report}");
     alive(&mut rt);
     // An app that allows one loopback server: a redirect from it to another is refused.
     let allowed = FileServer::start(b"y".repeat(100));
@@ -155,7 +155,7 @@ fn downloads_go_only_where_the_app_allows() {
     });
     let report = attack(&mut rt, &format!("exfiltrate {}/away", allowed.base));
     let l = outcome(&report, "transfer");
-    assert!(l.contains("error NotAllowed") && l.contains("redirect"), "{l}");
+    assert!(l.contains("error DownloadError::NotAllowed") && l.contains("redirect"), "{l}");
     assert_eq!(allowed.requests().len(), 1, "the allowed server was asked once");
     assert!(logger.requests().is_empty(), "the other server never saw a request: {:?}", logger.requests());
     alive(&mut rt);
@@ -180,7 +180,7 @@ fn host_resources_are_bounded_by_named_limits() {
 
     let report = attack(&mut rt, "big-context demo.gguf");
     let l = outcome(&report, "load with n-ctx 65536");
-    assert!(l.contains("error LoadFailed") && l.contains("context_tokens"), "{l}");
+    assert!(l.contains("error InferenceError::LoadFailed") && l.contains("context_tokens"), "{l}");
 
     let report = attack(&mut rt, "state-flood");
     let l = outcome(&report, "MiB written");
@@ -198,10 +198,12 @@ fn time_in_one_call_is_bounded_and_host_work_is_not_charged() {
     let mut rt = runtime(dir.path(), |o| o.limits.call_time = Duration::from_millis(50));
     alive(&mut rt);
     rt.set_call_time(Duration::from_secs(1));
-    for cmd in ["sleep 20000", "waits"] {
+    let stalled = FileServer::start(Vec::new());
+    stalled.set(|f| f.stall = Some(Duration::from_secs(60)));
+    for cmd in ["sleep 20000".to_owned(), format!("waits {}", stalled.url())] {
         let t = Instant::now();
         let err = rt
-            .render_prompt(&[bittybot_host::Message { role: "user".into(), content: cmd.into() }], false)
+            .render_prompt(&[bittybot_host::Message { role: "user".into(), content: cmd.clone() }], false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("call_time"), "{cmd}: {err}");
@@ -210,7 +212,7 @@ fn time_in_one_call_is_bounded_and_host_work_is_not_charged() {
     }
     rt.set_call_time(Duration::from_secs(30));
     let report = attack(&mut rt, "tokenize-specials 2097152 demo.gguf");
-    assert!(report.contains("Err(LimitExceeded") && report.contains("tokenize_bytes"), "{report}");
+    assert!(report.contains("Err(InferenceError::LimitExceeded") && report.contains("tokenize_bytes"), "{report}");
     let report = attack(&mut rt, "tokenize-specials 1048576 demo.gguf");
     let l = outcome(&report, "tokenize 1048572 bytes");
     assert!(l.contains("Ok(87381)"), "one control token each: {l}");

@@ -10,6 +10,7 @@ mod errors;
 mod guest_cache;
 mod hostile;
 mod prefix;
+mod quality;
 mod quantize;
 mod sandbox;
 mod tokenize;

@@ -138,7 +138,7 @@ fn serve(
     let redirect = |to: &str| {
         format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
     };
-    match path.as_str() {
+    match path.split('?').next().unwrap_or_default() {
         "/r1" => return out.write_all(redirect("/r2").as_bytes()),
         "/r2" => return out.write_all(redirect("/r3").as_bytes()),
         "/r3" => return out.write_all(redirect("/model.gguf").as_bytes()),

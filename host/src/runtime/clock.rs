@@ -59,9 +59,26 @@ impl CallClock {
         self.budget().saturating_sub(self.guest_time())
     }
 
-    /// How long a wait of `asked` may block: at most `cap` and what is left.
+    /// How long a wait of `asked` may block: at most `cap` and what is
+    /// left. With nothing left it still blocks for one epoch tick, so the
+    /// epoch callback stops the guest at its next check instead of letting
+    /// it spin through zero-length waits.
     pub fn clamp_wait(&self, asked: Duration, cap: Duration) -> Duration {
-        asked.min(cap).min(self.remaining())
+        let left = self.remaining();
+        let left = if left.is_zero() { super::store::EPOCH_TICK } else { left };
+        asked.min(cap).min(left)
+    }
+
+    /// Why the guest must stop, once it has used more than its budget.
+    pub fn over_budget(&self) -> Option<String> {
+        let used = self.guest_time();
+        (used > self.budget()).then(|| {
+            format!(
+                "the guest used {} ms of CPU time and waiting in one call (budget {} ms, limit `call_time`)",
+                used.as_millis(),
+                self.budget().as_millis()
+            )
+        })
     }
 
     /// Run host work for the guest, not charged to its time.

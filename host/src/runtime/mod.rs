@@ -190,16 +190,10 @@ impl Runtime {
         let mut store = Store::new(engine, data);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(|ctx| {
-            let clock = &ctx.data().clock;
-            let used = clock.guest_time();
-            if used > clock.budget() {
-                return Err(wasmtime::Error::msg(format!(
-                    "the guest used {} ms of CPU time and waiting in one call (budget {} ms, limit `call_time`)",
-                    used.as_millis(),
-                    clock.budget().as_millis()
-                )));
+            match ctx.data().clock.over_budget() {
+                Some(why) => Err(wasmtime::Error::msg(why)),
+                None => Ok(UpdateDeadline::Continue(1)),
             }
-            Ok(UpdateDeadline::Continue(1))
         });
         store.set_epoch_deadline(1);
         let bindings = Bittybot::instantiate(&mut store, &component, &linker).map_err(|e| {

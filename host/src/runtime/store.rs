@@ -27,7 +27,7 @@ use crate::imports::platform::PlatformCtx;
 use crate::imports::storage::StorageCtx;
 
 /// How often the epoch advances; the granularity of the call budget.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(super) const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// The WASI clocks interface wasmtime-wasi 48 registers (guests importing
 /// any 0.2.x resolve to it).
 const WASI_CLOCKS: &str = "wasi:clocks/monotonic-clock@0.2.12";
@@ -88,8 +88,12 @@ has_data! {
     TypesData => TypesCtx,
 }
 
-/// A sleep of `ns` nanoseconds, clamped to the call's remaining guest time.
+/// A sleep of `ns` nanoseconds, clamped to the call's remaining guest time;
+/// with none left the call stops here.
 fn clamped_sleep(mut s: StoreContextMut<'_, StoreData>, ns: u64) -> wasmtime::Result<(Resource<DynPollable>,)> {
+    if let Some(why) = s.data().clock.over_budget() {
+        return Err(wasmtime::Error::msg(why));
+    }
     let left = s.data().clock.remaining().as_nanos() as u64;
     let mut clocks = s.data_mut().clocks();
     Ok((MonotonicClock::subscribe_duration(&mut clocks, ns.min(left))?,))

@@ -2,6 +2,7 @@
 
 mod chat;
 mod guest;
+mod measure;
 mod model;
 mod quantize;
 mod tune;
@@ -167,6 +168,10 @@ pub enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Print the model spec JSON of a release manifest (the guest's override format).
     Spec(quantize::SpecArgs),
+    /// Compute a model's importance matrix over calibration texts (llama.cpp's GGUF imatrix format).
+    Imatrix(measure::ImatrixArgs),
+    /// Measure a quantized model against a reference, per text: perplexity, KL divergence, top-token agreement.
+    Quality(measure::QualityArgs),
 }
 
 fn bench_prompt() -> &'static str {
@@ -308,6 +313,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify { spec, path } => model::verify(&ctx, spec.as_ref(), path.as_ref()),
         Command::Quantize(args) => quantize::quantize(&args),
         Command::Spec(args) => quantize::spec(&ctx, &args),
+        Command::Imatrix(args) => measure::imatrix(&args),
+        Command::Quality(args) => measure::quality(&args),
         Command::Guest(cmd) => guest::run(&cmd),
         Command::Tune(args) => tune::tune(&ctx, &args),
         Command::Info => info(&ctx),

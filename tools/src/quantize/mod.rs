@@ -400,7 +400,8 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, QuantizeError> {
             type_name: c_str(unsafe { sys::ggml_type_name(t.ggml_type as sys::ggml_type) }),
             // SAFETY: as above.
             quantized: unsafe { sys::ggml_is_quantized(t.ggml_type as sys::ggml_type) },
-            dims: t.dims.iter().map(|&d| d as i64).collect(),
+            // ggml's `ne`: always four, missing ones 1.
+            dims: (0..4).map(|i| t.dims.get(i).map_or(1, |&d| d as i64)).collect(),
             offset: t.offset,
             size: t.size,
         })

@@ -7,7 +7,7 @@
 //! Imports: `import-links`, `huge-penalty`, `crafted-gguf`, `truncate-model
 //! NAME`, `exfiltrate URL`, `samplers`, `snapshots NAME`, `big-context NAME`,
 //! `big-download URL`, `state-flood`, `tokenize-specials BYTES NAME`,
-//! `stalled-transfer URL`, `load NAME`, `waits`.
+//! `stalled-transfer URL`, `load NAME`, `waits URL`.
 //!
 //! Everything else answers `not-ready`: this guest is only for the tests.
 
@@ -95,6 +95,8 @@ fn import_links() -> String {
         expected_size: 10,
     });
     r += &line("download into models/link", wait_transfer(&t).map(|_| ()));
+    // A model in memory, so the state calls reach the file.
+    let _ = inf::load(&managed("demo.gguf"), settings(64));
     r += &line("inference.state-save state/link", inf::state_save(0, &file(types::Root::State, "link"), &[]));
     r += &line("inference.state-load state/link", inf::state_load(0, &file(types::Root::State, "link"), None));
     r
@@ -297,11 +299,16 @@ fn attack(cmd: &str) -> String {
             format!("cancel and drop took {} ms\n", started.elapsed().as_millis())
         }
         "waits" => {
-            // A guest waiting on background jobs for ever, 10 s at a time.
-            let h = files::Hasher::new(&types::ModelSource::Provided);
+            // A guest waiting for ever, 10 s at a time, on a transfer from
+            // a server that never answers.
+            let t = download::Transfer::new(&download::Request {
+                url: arg,
+                dest: file(types::Root::Models, "never.gguf"),
+                expected_size: 100,
+            });
             let started = std::time::Instant::now();
             for _ in 0..1000 {
-                let _ = h.wait(10_000);
+                let _ = t.wait(10_000);
             }
             format!("waited {} ms\n", started.elapsed().as_millis())
         }
