@@ -127,19 +127,22 @@ mod tests {
     use super::*;
 
     fn patch() -> Patch {
+        // Every field unset (the WIT record has no `Default`).
+        let (max_tokens, temperature, top_k, top_p, min_p, repeat_penalty) = Default::default();
+        let (seed, stop_strings, system_prompt, logit_bias, rewarm, prefix_cache) = Default::default();
         Patch {
-            max_tokens: None,
-            temperature: None,
-            top_k: None,
-            top_p: None,
-            min_p: None,
-            repeat_penalty: None,
-            seed: None,
-            stop_strings: None,
-            system_prompt: None,
-            logit_bias: None,
-            rewarm: None,
-            prefix_cache: None,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            seed,
+            stop_strings,
+            system_prompt,
+            logit_bias,
+            rewarm,
+            prefix_cache,
         }
     }
 

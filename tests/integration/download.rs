@@ -138,7 +138,7 @@ fn not_found_no_network_and_redirects() {
     let mut rt = runtime(dir.path());
     let missing = spec(&format!("{}/missing.gguf", server.base), &body, 3);
     assert_eq!(run(&mut rt, &missing), SetupState::Failed(SetupError::NotFound(404)));
-    assert_eq!(models(dir.path()), Vec::<String>::new(), "no stray files after a 404");
+    assert!(models(dir.path()).is_empty(), "no stray files after a 404");
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();

@@ -15,10 +15,12 @@ use crate::limits::Limits;
 use crate::llama::ffi::AbortFlag;
 use crate::runtime::clock::CallClock;
 
+/// A background job over a file: progress in bytes (done, total).
+pub type FileJob<R> = Job<(u64, u64), Result<R, FileError>>;
 /// The host data behind a guest `hasher`.
-pub type HashJob = Job<(u64, u64), Result<String, FileError>>;
+pub type HashJob = FileJob<String>;
 /// The host data behind a guest `warmup`.
-pub type WarmupJob = Job<(u64, u64), Result<WarmupReport, FileError>>;
+pub type WarmupJob = FileJob<WarmupReport>;
 
 /// What the files interface needs.
 pub struct FilesCtx {
@@ -48,7 +50,7 @@ impl FilesCtx {
         name: &str,
         app_cancel: Option<AbortFlag>,
         body: impl FnOnce(&crate::jobs::JobCtx<(u64, u64)>) -> Result<R, FileError> + Send + 'static,
-    ) -> Job<(u64, u64), Result<R, FileError>> {
+    ) -> FileJob<R> {
         if self.live >= self.limits.jobs {
             let why = format!("the guest holds {} {name} jobs (limit `jobs`)", self.live);
             return Job::finished((0, 0), Err(FileError::NotPermitted(why)));
@@ -62,10 +64,32 @@ impl FilesCtx {
         }
     }
 
-    fn done_dropping(&mut self, started: bool) {
-        if started {
+    /// Wait for a job: its result, or (as `Err`) its progress so far.
+    fn wait_job<R: Clone + Send + 'static>(
+        &self,
+        this: &Resource<FileJob<R>>,
+        timeout_ms: u32,
+    ) -> Result<Result<R, FileProgress>, FileError> {
+        let wait = self.wait_time(timeout_ms);
+        let job = self.table.get(this).map_err(|e| FileError::Io(e.to_string()))?;
+        match job.wait(wait) {
+            Poll::Running((done, total)) => Ok(Err(FileProgress { done, total })),
+            Poll::Done(r) => r.map(Ok),
+        }
+    }
+
+    fn cancel_job<R: Clone + Send + 'static>(&self, this: &Resource<FileJob<R>>) {
+        if let Ok(job) = self.table.get(this) {
+            job.cancel();
+        }
+    }
+
+    fn drop_job<R: Clone + Send + 'static>(&mut self, rep: Resource<FileJob<R>>) -> wasmtime::Result<()> {
+        let job = self.table.delete(rep)?;
+        if job.started() {
             self.live = self.live.saturating_sub(1);
         }
+        Ok(())
     }
 }
 
@@ -111,24 +135,18 @@ impl wit::HostWarmup for FilesCtx {
     }
 
     fn wait(&mut self, this: Resource<WarmupJob>, timeout_ms: u32) -> Result<WarmupState, FileError> {
-        let wait = self.wait_time(timeout_ms);
-        let job = self.table.get(&this).map_err(|e| FileError::Io(e.to_string()))?;
-        match job.wait(wait) {
-            Poll::Running((done, total)) => Ok(WarmupState::Running(FileProgress { done, total })),
-            Poll::Done(r) => r.map(WarmupState::Done),
-        }
+        Ok(match self.wait_job(&this, timeout_ms)? {
+            Err(progress) => WarmupState::Running(progress),
+            Ok(report) => WarmupState::Done(report),
+        })
     }
 
     fn cancel(&mut self, this: Resource<WarmupJob>) {
-        if let Ok(job) = self.table.get(&this) {
-            job.cancel();
-        }
+        self.cancel_job(&this);
     }
 
     fn drop(&mut self, rep: Resource<WarmupJob>) -> wasmtime::Result<()> {
-        let job = self.table.delete(rep)?;
-        self.done_dropping(job.started());
-        Ok(())
+        self.drop_job(rep)
     }
 }
 
@@ -147,23 +165,17 @@ impl wit::HostHasher for FilesCtx {
     }
 
     fn wait(&mut self, this: Resource<HashJob>, timeout_ms: u32) -> Result<HashState, FileError> {
-        let wait = self.wait_time(timeout_ms);
-        let job = self.table.get(&this).map_err(|e| FileError::Io(e.to_string()))?;
-        match job.wait(wait) {
-            Poll::Running((done, total)) => Ok(HashState::Running(FileProgress { done, total })),
-            Poll::Done(r) => r.map(HashState::Done),
-        }
+        Ok(match self.wait_job(&this, timeout_ms)? {
+            Err(progress) => HashState::Running(progress),
+            Ok(sha256) => HashState::Done(sha256),
+        })
     }
 
     fn cancel(&mut self, this: Resource<HashJob>) {
-        if let Ok(job) = self.table.get(&this) {
-            job.cancel();
-        }
+        self.cancel_job(&this);
     }
 
     fn drop(&mut self, rep: Resource<HashJob>) -> wasmtime::Result<()> {
-        let job = self.table.delete(rep)?;
-        self.done_dropping(job.started());
-        Ok(())
+        self.drop_job(rep)
     }
 }

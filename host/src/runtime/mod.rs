@@ -303,7 +303,19 @@ impl Runtime {
 
     /// Load a model; the guest fills in settings the options leave open.
     pub fn load_model(&mut self, options: &LoadOptions) -> Result<LoadReport, RuntimeError> {
-        let report = self.call_app(|b, st| b.bittybot_core_app().call_load_model(st, options))?;
+        let report = self.call_app(|b, st| b.bittybot_core_app().call_load_model(st, options)).map_err(|e| match e {
+            // The guest knows the provided model by its file name only; the
+            // host's caller gave the path, so its error names the path.
+            RuntimeError::App(AppError::LoadFailed(m)) => match &self.options.model {
+                Some(path) => {
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let from = format!("the provided model {name}");
+                    RuntimeError::App(AppError::LoadFailed(m.replace(&from, &format!("the provided model {}", path.display()))))
+                }
+                None => RuntimeError::App(AppError::LoadFailed(m)),
+            },
+            e => e,
+        })?;
         self.last_load = Some(options.clone());
         Ok(report)
     }
