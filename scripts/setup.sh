@@ -13,9 +13,11 @@ mkdir -p "$CACHE/models"
 say() { printf 'setup: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# 1. System packages for llama-cpp-sys-2.
+# 1. System packages for llama-cpp-sys-2, and the font of the bench's
+#    memory plot (fonts-dejavu-core). The throttled FUSE mount needs only
+#    /dev/fuse as root; without root, install fuse3 (fusermount3).
 missing=()
-for pkg in cmake clang libclang-dev; do
+for pkg in cmake clang libclang-dev fonts-dejavu-core; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -17,7 +17,12 @@ step() { # step NAME COMMAND...
 }
 step setup scripts/setup.sh
 step build cargo build "${FEATURES[@]}" --all-targets
-step "rust tests" cargo test "${FEATURES[@]}"
+# One test at a time: each integration test runs llama.cpp on all cores, and
+# ggml's worker threads spin while they wait for each other, so two tests side
+# by side on this 2-core machine ran 20-30x slower, not 2x (measured here:
+# chat::second_turn_evaluates_only_the_new_turn 42 s beside another test,
+# 1.3 s alone; the whole integration suite 3373 s in CI run side by side).
+step "rust tests" env RUST_TEST_THREADS=1 cargo test "${FEATURES[@]}"
 step "jvm test" scripts/jvm-test.sh
 printf '\ntest.sh phases:\n'
 printf '  %s\n' "${times[@]}"

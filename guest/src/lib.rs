@@ -106,11 +106,11 @@ impl api::Guest for Component {
 
 /// A session and the KV sequence it leases; the lease ends when the last
 /// holder (the session handle or a generation) is dropped.
-struct Shared {
+struct LeasedSession {
     session: RefCell<session::Session>,
 }
 
-impl Drop for Shared {
+impl Drop for LeasedSession {
     fn drop(&mut self) {
         let s = self.session.get_mut();
         let (seq, load_id) = (s.seq(), s.profile().load_id);
@@ -120,13 +120,13 @@ impl Drop for Shared {
 
 /// The exported `session` resource.
 pub struct SessionResource {
-    shared: Rc<Shared>,
+    shared: Rc<LeasedSession>,
 }
 
 impl api::GuestSession for SessionResource {
     fn open(kind: api::SessionKind) -> Result<api::Session, api::AppError> {
         let session = with_app(|a| a.open_session(&Imports, kind))?;
-        Ok(api::Session::new(SessionResource { shared: Rc::new(Shared { session: RefCell::new(session) }) }))
+        Ok(api::Session::new(SessionResource { shared: Rc::new(LeasedSession { session: RefCell::new(session) }) }))
     }
 
     fn configure(&self, patch: api::SessionOptions) -> Result<(), api::AppError> {
@@ -168,7 +168,7 @@ impl api::GuestSession for SessionResource {
 
 /// The exported `generation` resource.
 pub struct GenerationResource {
-    shared: Rc<Shared>,
+    shared: Rc<LeasedSession>,
     generation: RefCell<session::Generation<imports::HostSampler>>,
 }
 

@@ -146,7 +146,7 @@ pub fn mib(b: u64) -> u64 {
 mod tests {
     use super::*;
 
-    /// Tiny Aya Global Q3_K_S (FACTS.md).
+    /// Tiny Aya Global Q3_K_S (the release file: README, "Model distribution").
     const TINY_AYA: Shape = Shape {
         file_size: 1_660_984_928,
         n_layer: 36,

@@ -1,6 +1,6 @@
 //! The model the app ships with: where it comes from, how big it is, how to
 //! know it is intact. The constants are those of the self-quantized Tiny Aya
-//! Global Q3_K_S release (FACTS.md); derived values (display size, free space
+//! Global Q3_K_S release (README, "Model distribution"); derived values (display size, free space
 //! needed) are computed from the byte count, never typed by hand.
 //!
 //! A spec can be overridden at run time with JSON (tests, other models):

@@ -1,10 +1,10 @@
 //! Chat formats: turning a conversation into the exact text a model expects.
 //!
 //! Two sources of format: the built-in Tiny Aya (Cohere) template, used for
-//! every `cohere2` model so the prompt is exactly the one in FACTS.md, and
-//! otherwise the model's own GGUF `tokenizer.chat_template`, rendered with
-//! minijinja (plus Python-compatible string methods, as Hugging Face templates
-//! use them).
+//! every `cohere2` model so the prompt is exactly Tiny Aya's own format
+//! (README, "CLI", shows a rendered one), and otherwise the model's own GGUF
+//! `tokenizer.chat_template`, rendered with minijinja (plus Python-compatible
+//! string methods, as Hugging Face templates use them).
 //!
 //! Message contents never pass through the tokenizer's control-token parser:
 //! the template is rendered with a private-use sentinel in place of each

@@ -24,7 +24,7 @@ type Hook = Box<dyn Fn() + Send>;
 
 /// What a job's body sees.
 pub struct JobCtx<P> {
-    shared: Arc<Shared<P>>,
+    shared: Arc<JobCell<P>>,
     app_cancel: Option<Arc<AtomicBool>>,
 }
 
@@ -57,7 +57,7 @@ struct State<P> {
     done: bool,
 }
 
-struct Shared<P> {
+struct JobCell<P> {
     state: Mutex<State<P>>,
     changed: Condvar,
     cancel: AtomicBool,
@@ -75,7 +75,7 @@ pub enum Poll<P, R> {
 
 /// A running job producing `R`, reporting `P`.
 pub struct Job<P, R> {
-    shared: Arc<Shared<P>>,
+    shared: Arc<JobCell<P>>,
     result: Arc<Mutex<Option<R>>>,
     thread: Option<std::thread::JoinHandle<()>>,
     spawned: bool,
@@ -99,7 +99,7 @@ impl<P: Clone + Send + 'static, R: Clone + Send + 'static> Job<P, R> {
             THREADS.fetch_sub(1, Ordering::SeqCst);
             return Err(std::io::Error::other(format!("more than {MAX_THREADS} background jobs are running")));
         }
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(JobCell {
             state: Mutex::new(State { progress: initial, done: false }),
             changed: Condvar::new(),
             cancel: AtomicBool::new(false),
@@ -132,7 +132,7 @@ impl<P: Clone + Send + 'static, R: Clone + Send + 'static> Job<P, R> {
 
     /// A job that is already over (e.g. refused before it started).
     pub fn finished(progress: P, result: R) -> Self {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(JobCell {
             state: Mutex::new(State { progress, done: true }),
             changed: Condvar::new(),
             cancel: AtomicBool::new(false),
@@ -170,7 +170,7 @@ impl<P: Clone + Send + 'static, R: Clone + Send + 'static> Job<P, R> {
     }
 }
 
-fn cancel<P>(shared: &Shared<P>) {
+fn cancel<P>(shared: &JobCell<P>) {
     shared.cancel.store(true, Ordering::Relaxed);
     if let Some(hook) = shared.hook.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
         hook();

@@ -131,7 +131,7 @@ fn warmup_brings_an_evicted_model_back_and_a_turn_reports_it() {
         eprintln!("skipped: this kernel does not evict the pages (residency {after:.2} after MADV_PAGEOUT)");
         return;
     }
-    // The guest sees the low residency and re-warms before the prompt.
+    // The guest sees the low residency and re-warms alongside the prompt.
     let (_, stats) = rt.chat(&chat, "Hello again").unwrap();
     assert!(stats.residency < 0.5, "{stats:?}");
     assert!(stats.warmup_ms > 0.0, "{stats:?}");

@@ -9,6 +9,7 @@ mod download;
 mod errors;
 mod guest_cache;
 mod hostile;
+mod phone;
 mod prefix;
 mod quality;
 mod quantize;

@@ -9,3 +9,4 @@ pub mod quantize;
 pub mod eval;
 pub mod imatrix;
 pub mod quality;
+pub mod phone;

@@ -26,7 +26,7 @@ pub use errors::{ErrorKind, ServiceError};
 
 use crate::bindings::app::{GenerationStats, LoadOptions, LoadReport, SessionKind, SessionOptions};
 use crate::runtime::RuntimeOptions;
-use worker::{Command, Reply, Shared, Worker};
+use worker::{Command, Reply, TurnControl, Worker};
 
 /// The model is loaded: what and how long it took.
 #[derive(Debug, Clone)]
@@ -148,7 +148,7 @@ impl ServiceOptions {
 /// method may be called from any thread. Dropping it closes it.
 pub struct Service {
     commands: Mutex<Option<mpsc::Sender<Command>>>,
-    shared: Arc<Shared>,
+    shared: Arc<TurnControl>,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: Option<ThreadId>,
 }
@@ -170,7 +170,7 @@ impl Service {
         listener: impl StateListener,
     ) -> Result<Service, ServiceError> {
         let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(TurnControl::default());
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("bittybot-service".into())

@@ -26,7 +26,7 @@ pub(super) enum Command {
 
 /// State shared by the handle and the thread.
 #[derive(Default)]
-pub(super) struct Shared {
+pub(super) struct TurnControl {
     /// The runtime's cancel flag, once the runtime has started.
     pub(super) cancel: OnceLock<CancelHandle>,
     /// Id of the last turn handed to `send` (ids start at 1).
@@ -37,7 +37,7 @@ pub(super) struct Shared {
     pub(super) closing: AtomicBool,
 }
 
-impl Shared {
+impl TurnControl {
     fn is_cancelled(&self, turn: u64) -> bool {
         turn <= self.cancel_upto.load(Ordering::SeqCst)
     }
@@ -98,7 +98,7 @@ impl Drop for Reply {
 
 /// The service thread's state.
 pub(super) struct Worker {
-    shared: Arc<Shared>,
+    shared: Arc<TurnControl>,
     listener: Box<dyn StateListener>,
     runtime: Option<Runtime>,
     /// Why turns cannot run (start-up failed, or the guest trapped).
@@ -116,7 +116,7 @@ fn kind_index(kind: SessionKind) -> usize {
 }
 
 impl Worker {
-    pub(super) fn new(shared: Arc<Shared>, listener: Box<dyn StateListener>) -> Self {
+    pub(super) fn new(shared: Arc<TurnControl>, listener: Box<dyn StateListener>) -> Self {
         Worker {
             shared,
             listener,

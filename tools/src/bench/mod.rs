@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bittybot_host::{
-    GuestSource, LoadOptions, Message, ModelSource, Runtime, RuntimeError, RuntimeOptions, Session, SessionKind,
-    SessionOptions,
+    GuestSource, LoadOptions, Message, ModelSource, Runtime, RuntimeError, RuntimeOptions, Session,
+    SessionKind, SessionOptions,
 };
 use serde::Serialize;
 
@@ -59,6 +59,9 @@ pub struct BenchConfig {
     pub think: Duration,
     /// Repetitions of the prefix-cache restarts (0 skips them).
     pub prefix_reps: usize,
+    /// Drops the model's pages when it is served through the throttled
+    /// mount and `MADV_PAGEOUT` + `POSIX_FADV_DONTNEED` leave some behind.
+    pub invalidator: Option<crate::phone::storage::Invalidator>,
 }
 
 /// One repetition's figures.
@@ -179,6 +182,22 @@ pub struct BenchReport {
     pub residency: Option<ResidencyReport>,
     /// First-turn TTFT after a restart with and without the prefix cache, when run.
     pub prefix: Option<PrefixReport>,
+    /// The phone conditions it ran under (`run_under`).
+    pub conditions: ConditionsReport,
+}
+
+/// The phone conditions of a run: slow storage, memory pressure.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConditionsReport {
+    /// The storage profile and what the mount served, when the model was
+    /// served through the throttled mount.
+    pub storage: Option<crate::phone::storage::StorageReport>,
+    /// The memory asked to be left available, MB, when a balloon ran.
+    pub available_mb: Option<u64>,
+    /// What the balloon did.
+    pub balloon: Option<crate::phone::balloon::BalloonReport>,
+    /// Wall time of the whole run, s.
+    pub wall_s: f64,
 }
 
 /// First turn after a restart: the system turn evaluated, or restored from
@@ -227,6 +246,17 @@ pub struct ResidencyReport {
     pub cases: Vec<CaseReport>,
     /// (d) TTFT ÷ (a) TTFT (medians).
     pub prepared_vs_resident: f64,
+    /// (b) TTFT ÷ (a) TTFT (medians).
+    pub evicted_vs_resident: f64,
+    /// (c) TTFT ÷ (a) TTFT (medians).
+    pub rewarm_vs_resident: f64,
+    /// Whether (c) was faster than (b) in every repetition (each pair ran back to back).
+    pub rewarm_beats_evicted_every_run: bool,
+    /// How the pages were dropped: "pageout+fadvise", or "fuse-inval" when
+    /// the mount had to invalidate what those left behind.
+    pub eviction: String,
+    /// A full warmup pass over the evicted file, ms.
+    pub warm_pass_ms: Summary,
     /// Warmup pass on an evicted file, bytes/s (median).
     pub warmup_bytes_per_s: f64,
     /// `cat FILE > /dev/null` on an evicted file, bytes/s (median).
@@ -343,7 +373,7 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
     }
     let residency = if cfg.evict_reps > 0 {
         progress("page residency cases");
-        Some(residency::cases(cfg, &mut rt, &session)?)
+        Some(residency::cases(cfg, &mut rt, &session, &mut progress)?)
     } else {
         None
     };
@@ -386,12 +416,157 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
         same_tokens,
         residency,
         prefix,
+        conditions: ConditionsReport::default(),
     })
+}
+
+/// The phone conditions to run under.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    /// Serve the model through the throttled FUSE mount with this profile.
+    pub storage: Option<crate::phone::storage::Profile>,
+    /// Leave about this many MB of MemAvailable (a balloon), before the model loads.
+    pub available_mb: Option<u64>,
+    /// Stop with an error when no stage reports progress for this long.
+    pub stall_timeout: Option<Duration>,
+}
+
+/// Errors of a conditioned run.
+impl From<crate::phone::storage::StorageError> for BenchError {
+    fn from(e: crate::phone::storage::StorageError) -> Self {
+        BenchError::Other(e.to_string())
+    }
+}
+
+impl From<crate::phone::balloon::BalloonError> for BenchError {
+    fn from(e: crate::phone::balloon::BalloonError) -> Self {
+        BenchError::Other(e.to_string())
+    }
+}
+
+/// Run the benchmark under phone conditions: the model served through the
+/// throttled mount (every case, the restarts included), a balloon leaving
+/// `available_mb`. Both are undone when this returns, also on error or
+/// panic (guards), and on Ctrl-C (`phone::cleanup`). A stage that makes
+/// no progress within `stall_timeout` ends the process with an error
+/// naming it, after undoing both.
+pub fn run_under(
+    cfg: &BenchConfig,
+    cond: &Conditions,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport, BenchError> {
+    use crate::phone::{balloon::Balloon, cleanup, storage::Mount};
+    cleanup::install();
+    let started = Instant::now();
+    let mount = match &cond.storage {
+        Some(p) => {
+            let m = Mount::new(&cfg.model, p.clone(), None)?;
+            progress(&format!(
+                "serving {} through {} ({} MB/s, {} ms per request, {} KiB max request, queue depth {})",
+                cfg.model.display(),
+                m.mountpoint().display(),
+                p.mbps,
+                p.latency_ms,
+                p.max_request >> 10,
+                p.queue_depth
+            ));
+            Some(m)
+        }
+        None => None,
+    };
+    let original = cfg.model.clone();
+    let mut cfg = cfg.clone();
+    if let Some(m) = &mount {
+        cfg.model = m.path_of(&cfg.model);
+        cfg.invalidator = Some(m.invalidator());
+    }
+    let balloon = match cond.available_mb {
+        Some(n) => {
+            let b = Balloon::leave_available(n)?;
+            let r = b.report();
+            progress(&format!(
+                "balloon: {} MB held (locked: {}), MemAvailable {} → {} MB",
+                r.balloon_mb, r.locked, r.available_before_mb, r.available_after_mb
+            ));
+            Some(b)
+        }
+        None => None,
+    };
+    let watchdog = cond.stall_timeout.map(Watchdog::start);
+    let result = run(&cfg, |m| {
+        if let Some(w) = &watchdog {
+            w.stage(m);
+        }
+        progress(m)
+    });
+    drop(watchdog);
+    let balloon_report = balloon.as_ref().map(|b| b.report());
+    drop(balloon);
+    let storage_report = mount.as_ref().map(|m| m.report());
+    if let Some(m) = mount {
+        m.unmount().map_err(|e| BenchError::Other(format!("unmounting the throttled storage: {e}")))?;
+    }
+    let mut report = result?;
+    report.model = original.display().to_string();
+    report.conditions = ConditionsReport {
+        storage: storage_report,
+        available_mb: cond.available_mb,
+        balloon: balloon_report,
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    Ok(report)
+}
+
+/// Ends the process when a stage stalls (after undoing the phone conditions).
+struct Watchdog {
+    state: std::sync::Arc<std::sync::Mutex<(String, Instant, bool)>>,
+}
+
+impl Watchdog {
+    fn start(limit: Duration) -> Watchdog {
+        let state = std::sync::Arc::new(std::sync::Mutex::new(("start".to_owned(), Instant::now(), false)));
+        let s = state.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let st = s.lock().unwrap_or_else(|e| e.into_inner());
+                if st.2 {
+                    return;
+                }
+                if st.1.elapsed() > limit {
+                    eprintln!(
+                        "bench: stage \"{}\" made no progress in {:.0} s; stopping (mount detached, balloon killed)",
+                        st.0,
+                        limit.as_secs_f64()
+                    );
+                    crate::phone::cleanup::undo_all();
+                    std::process::exit(3);
+                }
+            }
+        });
+        Watchdog { state }
+    }
+
+    fn stage(&self, name: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 = name.to_owned();
+        st.1 = Instant::now();
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).2 = true;
+    }
 }
 
 /// One turn through the guest: (figures, residency at send, re-warm ms).
 /// TTFT is the host's: from the call to `send` to the first chunk.
-pub(crate) fn turn(rt: &mut Runtime, session: &Session, prompt: &str) -> Result<(Sample, f32, f64), BenchError> {
+pub(crate) fn turn(
+    rt: &mut Runtime,
+    session: &Session,
+    prompt: &str,
+) -> Result<(Sample, f32, f64), BenchError> {
     let start = Instant::now();
     let reply = rt.reply(session, prompt, |_| true)?;
     let stats = reply.stats;
@@ -404,4 +579,3 @@ pub(crate) fn turn(rt: &mut Runtime, session: &Session, prompt: &str) -> Result<
     };
     Ok((sample, stats.residency, stats.warmup_ms))
 }
-

@@ -17,14 +17,38 @@ fn warm(path: &Path) -> Result<warmup::WarmupReport, BenchError> {
     warmup::warm_up(&f, &[], |_, _| true).map_err(|e| BenchError::Other(e.to_string()))
 }
 
-fn evict(path: &Path) -> Result<f32, BenchError> {
-    let r = warmup::evict(path).map_err(|e| BenchError::Other(e.to_string()))?;
+/// Drop the model's pages: `MADV_PAGEOUT` + `POSIX_FADV_DONTNEED` (the
+/// host's `warmup::evict`); when the model is served through the throttled
+/// mount and pages are left, the mount invalidates them
+/// (`FUSE_NOTIFY_INVAL_INODE`). Returns the residency afterwards and
+/// whether the mount had to step in.
+fn evict(cfg: &BenchConfig, path: &Path) -> Result<(f32, bool), BenchError> {
+    let mut r =
+        warmup::evict(path).map_err(|e| BenchError::Other(format!("evicting {}: {e}", path.display())))?;
+    let mut inval = false;
+    if r > 0.01
+        && let Some(inv) = &cfg.invalidator
+    {
+        inv.invalidate().map_err(|e| BenchError::Other(format!("invalidating the mount's pages: {e}")))?;
+        r = residency(path)?;
+        inval = true;
+    }
     // Let background readahead from the previous turn settle.
     std::thread::sleep(Duration::from_millis(100));
-    Ok(r)
+    Ok((r, inval))
 }
 
-pub(super) fn cases(cfg: &BenchConfig, rt: &mut Runtime, session: &Session) -> Result<ResidencyReport, BenchError> {
+fn residency(path: &Path) -> Result<f32, BenchError> {
+    let f = File::open(path).map_err(|e| BenchError::Other(e.to_string()))?;
+    warmup::residency(&f).map_err(|e| BenchError::Other(e.to_string()))
+}
+
+pub(super) fn cases(
+    cfg: &BenchConfig,
+    rt: &mut Runtime,
+    session: &Session,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ResidencyReport, BenchError> {
     let path = rt.model_path().ok_or_else(|| BenchError::Other("no model".into()))?.to_owned();
     let set_rewarm = |rt: &mut Runtime, on: bool| {
         let mut o = SessionOptions::unchanged();
@@ -39,34 +63,48 @@ pub(super) fn cases(cfg: &BenchConfig, rt: &mut Runtime, session: &Session) -> R
         ("(d) evicted, prepare + think", Vec::new()),
     ];
     let mut warm_speed = Vec::new();
+    let mut warm_ms = Vec::new();
     let mut cat_speed = Vec::new();
-    for _ in 0..cfg.evict_reps {
+    let mut inval_used = false;
+    let mut ev = |path: &Path| -> Result<f32, BenchError> {
+        let (r, inval) = evict(cfg, path)?;
+        inval_used |= inval;
+        Ok(r)
+    };
+    for rep in 0..cfg.evict_reps {
+        let n = cfg.evict_reps;
         // (a): everything in memory.
+        progress(&format!("residency {}/{n}: (a) resident", rep + 1));
         set_rewarm(rt, true)?;
         warm(&path)?;
         rt.reset(session)?;
         rows[0].1.push(turn(rt, session, &cfg.prompt)?);
         // (b): evicted, the turn faults pages in one at a time.
+        progress(&format!("residency {}/{n}: (b) evicted, no warmup", rep + 1));
         set_rewarm(rt, false)?;
-        after_evict.push(evict(&path)? as f64);
+        after_evict.push(ev(&path)? as f64);
         rt.reset(session)?;
         rows[1].1.push(turn(rt, session, &cfg.prompt)?);
         // (c): evicted, the guest re-warms alongside the prompt.
+        progress(&format!("residency {}/{n}: (c) evicted, re-warm at send", rep + 1));
         set_rewarm(rt, true)?;
-        evict(&path)?;
+        ev(&path)?;
         rt.reset(session)?;
         rows[2].1.push(turn(rt, session, &cfg.prompt)?);
         // (d): evicted, `prepare` when the user starts typing, send after the think time.
-        evict(&path)?;
+        progress(&format!("residency {}/{n}: (d) evicted, prepare + think", rep + 1));
+        ev(&path)?;
         rt.reset(session)?;
         rt.prepare(session)?;
         std::thread::sleep(cfg.think);
         rows[3].1.push(turn(rt, session, &cfg.prompt)?);
         // Warmup pass vs `cat`, both on an evicted file.
-        evict(&path)?;
+        progress(&format!("residency {}/{n}: warmup pass and cat", rep + 1));
+        ev(&path)?;
         let w = warm(&path)?;
         warm_speed.push(w.bytes_per_s);
-        evict(&path)?;
+        warm_ms.push(w.millis);
+        ev(&path)?;
         let t = Instant::now();
         let status = std::process::Command::new("cat")
             .arg(&path)
@@ -78,6 +116,8 @@ pub(super) fn cases(cfg: &BenchConfig, rt: &mut Runtime, session: &Session) -> R
         }
         cat_speed.push(w.bytes as f64 / t.elapsed().as_secs_f64());
     }
+    let rewarm_beats_evicted_every_run =
+        rows[1].1.iter().zip(&rows[2].1).all(|(b, c)| c.0.ttft_ms < b.0.ttft_ms);
     let cases: Vec<CaseReport> = rows
         .into_iter()
         .map(|(case, v)| CaseReport {
@@ -89,12 +129,17 @@ pub(super) fn cases(cfg: &BenchConfig, rt: &mut Runtime, session: &Session) -> R
             warmup_ms: summarize(&v.iter().map(|x| x.2).collect::<Vec<_>>()),
         })
         .collect();
+    let vs_a = |i: usize| cases[i].ttft_ms.median / cases[0].ttft_ms.median.max(1e-9);
     Ok(ResidencyReport {
         after_evict: summarize(&after_evict).median as f32,
-        prepared_vs_resident: cases[3].ttft_ms.median / cases[0].ttft_ms.median.max(1e-9),
+        prepared_vs_resident: vs_a(3),
+        evicted_vs_resident: vs_a(1),
+        rewarm_vs_resident: vs_a(2),
+        rewarm_beats_evicted_every_run,
+        eviction: if inval_used { "fuse-inval" } else { "pageout+fadvise" }.to_owned(),
+        warm_pass_ms: summarize(&warm_ms),
         cases,
         warmup_bytes_per_s: summarize(&warm_speed).median,
         cat_bytes_per_s: summarize(&cat_speed).median,
     })
 }
-

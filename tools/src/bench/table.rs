@@ -21,13 +21,55 @@ fn residency_table(r: &ResidencyReport) -> String {
         ));
     }
     out.push_str(&format!(
-        "residency after eviction {:.3}; (d)/(a) TTFT {:.2}; warmup pass {:.0} MB/s vs cat {:.0} MB/s ({:.2}×)\n",
+        "residency after eviction {:.3} ({}); TTFT (b)/(a) {:.2}, (c)/(a) {:.2}, (d)/(a) {:.2}; (c) < (b) in every run: {}\n\
+         full warm pass {} ms; warmup pass {:.0} MB/s vs cat {:.0} MB/s ({:.2}×)\n",
         r.after_evict,
+        r.eviction,
+        r.evicted_vs_resident,
+        r.rewarm_vs_resident,
         r.prepared_vs_resident,
+        r.rewarm_beats_evicted_every_run,
+        s(r.warm_pass_ms, 0),
         r.warmup_bytes_per_s / 1e6,
         r.cat_bytes_per_s / 1e6,
         r.warmup_bytes_per_s / r.cat_bytes_per_s.max(1e-9)
     ));
+    out
+}
+
+/// The phone conditions, one paragraph (empty when none).
+fn conditions(r: &BenchReport) -> String {
+    let c = &r.conditions;
+    let mut out = String::new();
+    if let Some(s) = &c.storage {
+        let p = &s.profile;
+        out.push_str(&format!(
+            "storage: {} ({} MB/s, {} ms per request, {} KiB max request, queue depth {}); served {} requests, {:.1} MB{}\n",
+            p.name,
+            p.mbps,
+            p.latency_ms,
+            p.max_request >> 10,
+            p.queue_depth,
+            s.requests,
+            s.bytes as f64 / 1e6,
+            if s.direct_backing { "" } else { " (backing read through the page cache)" }
+        ));
+    }
+    if let Some(b) = &c.balloon {
+        out.push_str(&format!(
+            "memory: --available-mb {}: balloon {} MB (locked: {}), MemAvailable {} → {} MB, lowest during the run {} MB{}\n",
+            b.target_available_mb,
+            b.balloon_mb,
+            b.locked,
+            b.available_before_mb,
+            b.available_after_mb,
+            b.lowest_available_mb,
+            if b.released_by_watchdog { "; RELEASED by the watchdog (MemAvailable fell too low)" } else { "" }
+        ));
+    }
+    if !out.is_empty() {
+        out.push_str(&format!("wall time {:.1} s\n", c.wall_s));
+    }
     out
 }
 
@@ -53,6 +95,7 @@ pub fn table(r: &BenchReport) -> String {
         r.prompt_tokens,
         r.reps
     ));
+    out.push_str(&conditions(r));
     out.push_str(&format!(
         "{:<16} {:>9}  {:>24}  {:>24}  {:>24}\n",
         "path", "load ms", "TTFT ms", "prompt tok/s", "decode tok/s"

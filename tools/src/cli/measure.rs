@@ -185,3 +185,208 @@ pub fn quality(args: &QualityArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Arguments of `bench`.
+#[derive(Debug, Args)]
+#[command(after_long_help = BENCH_HELP)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: super::ModelArgs,
+    /// Repetitions (median and spread are reported).
+    #[arg(short = 'r', long, default_value_t = 7)]
+    pub reps: usize,
+    /// Tokens to generate per repetition.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub max_tokens: u32,
+    /// The user message.
+    #[arg(short = 'p', long, default_value = super::bench_prompt())]
+    pub prompt: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Repetitions of the page-residency cases (evicted, re-warmed, prepared); 0 skips them.
+    #[arg(long, default_value_t = 5)]
+    pub evict_reps: usize,
+    /// Think time between `prepare` and send in the prepared case, ms.
+    #[arg(long, default_value_t = 3000)]
+    pub think_ms: u64,
+    /// Repetitions of the prefix-cache restarts; 0 skips them.
+    #[arg(long, default_value_t = 5)]
+    pub prefix_reps: usize,
+    /// Serve the model through a throttled FUSE mount at a phone's flash
+    /// speed for the whole bench: ufs2 (500 MB/s, 0.15 ms/request, 512 KiB,
+    /// 4 in flight) or emmc (250 MB/s, 0.4 ms, 128 KiB, 1). Needs /dev/fuse.
+    #[arg(long, value_name = "PROFILE")]
+    pub storage: Option<String>,
+    /// Storage throughput, MB/s (overrides the profile's; alone: a custom profile).
+    #[arg(long, value_name = "MBPS")]
+    pub storage_mbps: Option<f64>,
+    /// Storage latency per request, ms (overrides the profile's; alone: a custom profile).
+    #[arg(long, value_name = "MS")]
+    pub storage_latency_ms: Option<f64>,
+    /// Largest storage request, KiB (overrides the profile's).
+    #[arg(long, value_name = "KIB")]
+    pub storage_max_request_kib: Option<u32>,
+    /// Storage requests in flight (overrides the profile's).
+    #[arg(long, value_name = "N")]
+    pub storage_queue_depth: Option<usize>,
+    /// Leave about N MB of MemAvailable (a balloon process holds the rest)
+    /// before the model loads. Several values (1200,1600,2000) run the whole
+    /// bench once per value: a memory sweep. At least 600.
+    #[arg(long, value_name = "N[,N…]", value_delimiter = ',')]
+    pub available_mb: Vec<u64>,
+    /// Draw the sweep (decode tok/s and TTFT against available memory, one
+    /// line per residency case) into this PNG. Needs --available-mb and --evict-reps > 0.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+    /// Stop with an error if a stage makes no progress for this long, s.
+    #[arg(long, default_value_t = 1800)]
+    pub stall_timeout_s: u64,
+}
+
+const BENCH_HELP: &str = "\
+Phone conditions:
+  --storage ufs2|emmc serves the model through a read-only FUSE file system
+  the bench mounts itself (throttled: latency per request, sequential MB/s
+  shared by the requests in flight, a largest request size that also caps the
+  kernel's readahead); it is unmounted at the end, on error and on Ctrl-C.
+  --available-mb N inflates a balloon (a child process holding touched,
+  locked anonymous memory) until about N MB of MemAvailable are left; it is
+  killed at the end, on error, on Ctrl-C and when the bench dies.
+
+Examples:
+  bittybot bench -m M --storage ufs2 --evict-reps 5 --json
+  bittybot bench -m M --storage ufs2 -r 1 --prefix-reps 0 \\
+      --available-mb 1200,1600,2000,2400,3000 --plot docs/phone-memory.png";
+
+fn storage_profile(a: &BenchArgs) -> Result<Option<bittybot_tools::phone::storage::Profile>> {
+    use bittybot_tools::phone::storage;
+    let mut p = match (&a.storage, a.storage_mbps, a.storage_latency_ms) {
+        (Some(name), _, _) => Some(storage::named(name).with_context(|| {
+            format!("unknown storage profile {name:?}; known: {}", storage::PROFILES.join(", "))
+        })?),
+        (None, None, None) => None,
+        (None, mbps, lat) => Some(storage::Profile::custom(mbps.unwrap_or(500.0), lat.unwrap_or(0.15))),
+    };
+    if let Some(p) = &mut p {
+        if let Some(m) = a.storage_mbps {
+            p.mbps = m;
+        }
+        if let Some(l) = a.storage_latency_ms {
+            p.latency_ms = l;
+        }
+        if let Some(k) = a.storage_max_request_kib {
+            p.max_request = k.saturating_mul(1024);
+        }
+        if let Some(q) = a.storage_queue_depth {
+            p.queue_depth = q;
+        }
+        if a.storage_mbps.is_some()
+            || a.storage_latency_ms.is_some()
+            || a.storage_max_request_kib.is_some()
+            || a.storage_queue_depth.is_some()
+        {
+            if p.name != "custom" {
+                p.name = format!("{}+custom", p.name);
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// `bittybot bench`.
+pub fn bench(ctx: &super::CliContext, a: &BenchArgs) -> Result<()> {
+    use bittybot_tools::bench::{self, BenchConfig, Conditions};
+    let model_path = match &a.model.model {
+        Some(p) => p.clone(),
+        None => super::model::managed_path(ctx, a.model.spec.as_ref())?,
+    };
+    let cfg = BenchConfig {
+        model: model_path,
+        data_dir: ctx.data_dir.clone(),
+        guest: ctx.guest.clone(),
+        threads: a.model.threads,
+        threads_batch: a.model.threads_batch,
+        n_ctx: a.model.ctx_size.unwrap_or(2048),
+        n_batch: a.model.batch_size.unwrap_or(512),
+        reps: a.reps,
+        prompt: a.prompt.clone(),
+        system: "You are a helpful assistant.".into(),
+        max_tokens: a.max_tokens,
+        evict_reps: a.evict_reps,
+        think: Duration::from_millis(a.think_ms),
+        prefix_reps: a.prefix_reps,
+        invalidator: None,
+    };
+    let storage = storage_profile(a)?;
+    if a.plot.is_some() && (a.available_mb.is_empty() || a.evict_reps == 0) {
+        anyhow::bail!("--plot needs --available-mb (the points) and --evict-reps > 0 (the lines)");
+    }
+    for &n in &a.available_mb {
+        if n < bittybot_tools::phone::balloon::MIN_AVAILABLE_MB {
+            return Err(bittybot_tools::phone::balloon::BalloonError::TooLittle(n).into());
+        }
+    }
+    let points: Vec<Option<u64>> = if a.available_mb.is_empty() {
+        vec![None]
+    } else {
+        a.available_mb.iter().map(|&n| Some(n)).collect()
+    };
+    let mut reports = Vec::new();
+    for n in points {
+        let cond = Conditions {
+            storage: storage.clone(),
+            available_mb: n,
+            stall_timeout: Some(Duration::from_secs(a.stall_timeout_s)),
+        };
+        if let Some(n) = n {
+            eprintln!("bench: --available-mb {n}");
+        }
+        let report = bench::run_under(&cfg, &cond, |m| eprintln!("bench: {m}"))?;
+        if !a.json {
+            print!("{}", bench::table(&report));
+            println!();
+        }
+        reports.push(report);
+    }
+    if let Some(png) = &a.plot {
+        let mut series: Vec<bittybot_tools::phone::plot::Series> = Vec::new();
+        for r in &reports {
+            let (Some(res), Some(n)) = (&r.residency, r.conditions.available_mb) else { continue };
+            for c in &res.cases {
+                let point = bittybot_tools::phone::plot::Point {
+                    available_mb: n as f64,
+                    ttft_ms: c.ttft_ms.median,
+                    decode_tps: c.decode_tps.median,
+                };
+                match series.iter_mut().find(|s| s.label == c.case) {
+                    Some(s) => s.points.push(point),
+                    None => series.push(bittybot_tools::phone::plot::Series {
+                        label: c.case.clone(),
+                        points: vec![point],
+                    }),
+                }
+            }
+        }
+        let name = cfg.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let title = format!(
+            "{name} · storage {} · {} vCPU, {:.0} GB RAM",
+            storage.as_ref().map_or("local disk".to_owned(), |p| p.name.clone()),
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            bittybot_tools::phone::balloon::mem_total_mb().unwrap_or(0) as f64 / 1024.0
+        );
+        bittybot_tools::phone::plot::sweep(png, &title, &series).map_err(anyhow::Error::msg)?;
+        eprintln!("bench: plot written to {}", png.display());
+    }
+    if a.json {
+        if reports.len() == 1 && a.plot.is_none() {
+            println!("{}", serde_json::to_string_pretty(&reports[0])?);
+        } else {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "sweep": reports, "plot": a.plot }))?
+            );
+        }
+    }
+    Ok(())
+}

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use bittybot_tools::bench::{self, BenchConfig};
 use bittybot_host::{GuestSource, LoadOptions, Message, ModelSource, Runtime, RuntimeOptions};
 
 /// BittyBot: an offline chat and translation assistant on llama.cpp.
@@ -138,32 +137,9 @@ pub enum Command {
     /// Sign and check guest components.
     #[command(subcommand)]
     Guest(guest::GuestCommand),
-    /// Measure the path through the guest against a raw llama-cpp-2 loop.
-    Bench {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Repetitions (median and spread are reported).
-        #[arg(short = 'r', long, default_value_t = 7)]
-        reps: usize,
-        /// Tokens to generate per repetition.
-        #[arg(short = 'n', long, default_value_t = 128)]
-        max_tokens: u32,
-        /// The user message.
-        #[arg(short = 'p', long, default_value = bench_prompt())]
-        prompt: String,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Repetitions of the page-residency cases (evicted, re-warmed, prepared); 0 skips them.
-        #[arg(long, default_value_t = 5)]
-        evict_reps: usize,
-        /// Think time between `prepare` and send in the prepared case, ms.
-        #[arg(long, default_value_t = 3000)]
-        think_ms: u64,
-        /// Repetitions of the prefix-cache restarts; 0 skips them.
-        #[arg(long, default_value_t = 5)]
-        prefix_reps: usize,
-    },
+    /// Measure the path through the guest against a raw llama-cpp-2 loop,
+    /// optionally under phone conditions (slow storage, memory pressure).
+    Bench(Box<measure::BenchArgs>),
     /// Quantize a GGUF model with llama.cpp's quantizer; writes the release manifest next to it.
     Quantize(quantize::QuantizeArgs),
     /// Print the model spec JSON of a release manifest (the guest's override format).
@@ -318,34 +294,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Guest(cmd) => guest::run(&cmd),
         Command::Tune(args) => tune::tune(&ctx, &args),
         Command::Info => info(&ctx),
-        Command::Bench { model, reps, max_tokens, prompt, json, evict_reps, think_ms, prefix_reps } => {
-            let model_path = match &model.model {
-                Some(p) => p.clone(),
-                None => model::managed_path(&ctx, model.spec.as_ref())?,
-            };
-            let cfg = BenchConfig {
-                model: model_path,
-                data_dir: ctx.data_dir.clone(),
-                guest: ctx.guest.clone(),
-                threads: model.threads,
-                threads_batch: model.threads_batch,
-                n_ctx: model.ctx_size.unwrap_or(2048),
-                n_batch: model.batch_size.unwrap_or(512),
-                reps,
-                prompt,
-                system: "You are a helpful assistant.".into(),
-                max_tokens,
-                evict_reps,
-                think: std::time::Duration::from_millis(think_ms),
-                prefix_reps,
-            };
-            let report = bench::run(&cfg, |m| eprintln!("bench: {m}"))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", bench::table(&report));
-            }
-            Ok(())
-        }
+        Command::Bench(args) => measure::bench(&ctx, &args),
     }
 }
