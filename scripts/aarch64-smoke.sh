@@ -105,6 +105,12 @@ for v in "${variants[@]}"; do
     # No debug info: the smoke reads no backtraces, and llama.cpp then builds
     # as CMake `Release` instead of `RelWithDebInfo` (a shorter compile).
     CARGO_PROFILE_RELEASE_DEBUG=false
+    # The Rust code at opt-level 1 (SMOKE_OPT_LEVEL): the smoke checks that
+    # the ARM code path runs, not how fast, and LLVM's full optimisation of
+    # wasmtime/cranelift was most of the cross build's time. llama.cpp's C/C++
+    # is unaffected: llama-cpp-sys-2 builds it as CMake Release with the
+    # phone's -march either way, so ggml's kernels are the phone's.
+    CARGO_PROFILE_RELEASE_OPT_LEVEL="${SMOKE_OPT_LEVEL:-1}"
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
     AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
   )
@@ -122,7 +128,7 @@ for v in "${variants[@]}"; do
 
   say "[$v] cross-building bittybot for $TARGET in ${dir#"$ROOT"/}"
   t0=$(date +%s)
-  env "${env[@]}" nice -n 10 cargo build --release -p bittybot-tools --bin bittybot --target "$TARGET"
+  env "${env[@]}" nice -n 10 cargo build --release -p bittybot-tools --bin bittybot --target "$TARGET" ${SMOKE_TIMINGS:+--timings}
   build_s=$(($(date +%s) - t0))
   bin="$dir/$TARGET/release/bittybot"
   aarch64-linux-gnu-readelf -h "$bin" | grep -q "AArch64" || die "[$v] $bin is not an aarch64 binary"

@@ -1,7 +1,7 @@
 //! Live instances, keyed by the `long` handle Java holds.
 //!
-//! STYLE.md suggests a handle made with `Box::into_raw` and an explicit
-//! destroy. A registry is used instead: a handle is an id that is never
+//! The usual JNI pattern is a handle made with `Box::into_raw` and an
+//! explicit destroy. A registry is used instead: a handle is an id that is never
 //! reused, so a closed, doubly-closed or made-up handle (a stale field, a
 //! number from another library) finds nothing and becomes a `closed`
 //! exception, where a raw pointer would be a use-after-free. The cost is

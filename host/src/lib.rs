@@ -2,7 +2,9 @@
 //! wasmtime and gives it llama.cpp inference, storage, device facts,
 //! downloads and page warmup as imported WIT functions, under the limits
 //! and the network policy the embedding app sets. The guest is untrusted
-//! code (ARCHITECTURE.md, "Threat model").
+//! code: a swapped or signed guest can still have a bug or come from a
+//! leaked key, so no import trusts what it is given (README, "Guest
+//! swapping and the sandbox").
 //!
 //! [`Runtime`] runs one guest; [`Service`] puts it on its own thread for
 //! apps (the Android JNI library is a thin layer over it). The `bittybot`

@@ -1,7 +1,7 @@
 //! The limits on what a guest can make the host do: each a named field the
 //! embedding app can set, with a default that suits the phone, and a clear
 //! error naming the limit when a guest reaches it. The guest is untrusted
-//! (ARCHITECTURE.md, "Threat model"): hitting a limit ends that call with an
+//! (see the crate documentation): hitting a limit ends that call with an
 //! error, never the host.
 
 use std::time::Duration;

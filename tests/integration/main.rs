@@ -7,6 +7,7 @@ mod conversation;
 mod device;
 mod download;
 mod errors;
+mod fuzz;
 mod guest_cache;
 mod hostile;
 mod phone;

@@ -9,7 +9,7 @@
 //! Every input from the guest is checked before it reaches llama.cpp
 //! (`context.rs`, `sampler.rs`): token ids, sequence ids, positions, batch
 //! sizes, sampler parameters, sizes against the host's limits. The calls that
-//! can throw go through a C++ shim that turns exceptions into errors (`ffi.rs`).
+//! can throw go through a C++ shim that turns exceptions into errors (`ffi/`).
 
 mod context;
 pub mod ffi;

@@ -35,8 +35,9 @@ pub struct Cli {
     /// Print start-up figures (guest cache, instantiation) to stderr.
     #[arg(short, long, global = true)]
     pub verbose: bool,
-    /// CPU time the guest may use in one call before it is stopped, ms
-    /// (default 5000; raise it under an emulator such as qemu).
+    /// Time the guest may take in one call before it is stopped, ms: its
+    /// own code, sleeps and waits, not the host's work for it (default 5000;
+    /// raise it under an emulator such as qemu).
     #[arg(long, global = true)]
     pub call_budget_ms: Option<u64>,
     #[command(subcommand)]
@@ -211,7 +212,7 @@ pub struct CliContext {
     pub verbose: bool,
     /// The guest integrity policy.
     pub policy: bittybot_host::GuestPolicy,
-    /// The guest's CPU-time budget per call, when not the default.
+    /// The guest's time budget per call (`Limits::call_time`), when not the default.
     pub call_budget: Option<std::time::Duration>,
 }
 
