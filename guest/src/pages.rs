@@ -5,6 +5,15 @@
 //! (TTFT 2 s → 5–20 s). Two mechanisms use the host's warmup pass: a
 //! `prepare` hint (focus, typing) starts it ahead of the send, and a turn
 //! that starts with low residency starts it alongside its prompt.
+//!
+//! Neither helps when memory cannot hold the model: a pass over a file
+//! larger than the page cache it can have evicts, front to back, the pages
+//! the decode is about to use, and every token then reads the model again.
+//! Measured under a memory balloon with the `ufs2` storage profile (README,
+//! "Phone conditions"): the guest's turns fell to 0.3–0.4 tok/s while the
+//! raw loop in the same process, which never warms, kept 7.7–9.2. So a pass
+//! that ends with the file still not resident means "this device cannot
+//! hold the model now", and no further pass starts for this model.
 
 use crate::host::{Job, Jobs, ModelSource, WarmOrder, WarmupState};
 
@@ -15,11 +24,13 @@ pub const REWARM_BELOW: f32 = 0.9;
 pub struct Pages<H: Jobs> {
     source: Option<ModelSource>,
     warmup: Option<H::Warmup>,
+    /// A finished pass left less than [`REWARM_BELOW`] of the file in memory.
+    cannot_hold: bool,
 }
 
 impl<H: Jobs> Default for Pages<H> {
     fn default() -> Self {
-        Pages { source: None, warmup: None }
+        Pages { source: None, warmup: None, cannot_hold: false }
     }
 }
 
@@ -27,7 +38,35 @@ impl<H: Jobs> Pages<H> {
     /// Follow a newly loaded model (or none); a pass on the old one is dropped.
     pub fn set_model(&mut self, source: Option<ModelSource>) {
         self.warmup = None;
+        self.cannot_hold = false;
         self.source = source;
+    }
+
+    /// Whether a finished pass showed that memory cannot hold the model
+    /// (then no pass starts again until another model is loaded).
+    pub fn cannot_hold(&mut self) -> bool {
+        self.poll();
+        self.cannot_hold
+    }
+
+    /// Look at the running pass: note a finished one that could not make
+    /// the file resident. True while it runs.
+    fn poll(&mut self) -> bool {
+        let Some(w) = &self.warmup else { return false };
+        match w.wait(0) {
+            Ok(WarmupState::Running(_)) => true,
+            Ok(WarmupState::Done(report)) => {
+                if report.residency_after < REWARM_BELOW {
+                    self.cannot_hold = true;
+                }
+                self.warmup = None;
+                false
+            }
+            Err(_) => {
+                self.warmup = None;
+                false
+            }
+        }
     }
 
     /// Fraction of the model's pages in memory, when known.
@@ -42,7 +81,7 @@ impl<H: Jobs> Pages<H> {
 
     /// Start a background pass unless one runs; true if one started.
     pub fn warm_in_background(&mut self, host: &H) -> bool {
-        if self.warming() {
+        if self.poll() || self.cannot_hold {
             return false;
         }
         let Some(source) = &self.source else { return false };
@@ -53,7 +92,7 @@ impl<H: Jobs> Pages<H> {
     /// The app's hint that a send is coming: re-warm if the pages were
     /// evicted. True if a pass started.
     pub fn prepare(&mut self, host: &H) -> bool {
-        if self.warming() {
+        if self.poll() || self.cannot_hold {
             return false;
         }
         let low = self.residency(host).is_some_and(|r| r < REWARM_BELOW);
@@ -76,5 +115,27 @@ mod tests {
         host.residency.set(0.1);
         assert!(pages.prepare(&host));
         assert_eq!((host.warmups.get(), host.residency.get()), (1, 1.0));
+    }
+
+    #[test]
+    fn a_pass_that_cannot_make_the_model_resident_is_not_repeated() {
+        let host = FakeHost::default();
+        let mut pages = Pages::<FakeHost>::default();
+        pages.set_model(Some(ModelSource::Provided));
+        host.residency.set(0.1);
+        host.warm_reach.set(0.6); // memory holds 60 % of the file
+        assert!(pages.warm_in_background(&host));
+        assert!(pages.cannot_hold());
+        host.residency.set(0.3);
+        assert!(!pages.prepare(&host), "prepare after a pass that could not hold the model");
+        assert!(!pages.warm_in_background(&host), "re-warm at send likewise");
+        assert_eq!(host.warmups.get(), 1);
+        // Another model (or the same one reloaded, e.g. with a smaller
+        // context) is measured afresh.
+        pages.set_model(Some(ModelSource::Provided));
+        host.warm_reach.set(1.0);
+        assert!(!pages.cannot_hold());
+        assert!(pages.prepare(&host));
+        assert_eq!((host.warmups.get(), host.residency.get()), (2, 1.0));
     }
 }

@@ -118,6 +118,8 @@ pub struct FakeHost {
     pub residency: Cell<f32>,
     /// Warmups started.
     pub warmups: Cell<u32>,
+    /// The residency a warmup pass reaches (1.0: the whole file fits).
+    pub warm_reach: Cell<f32>,
     /// Hash jobs started.
     pub hashes: Cell<u32>,
     /// What the next transfers do: write these bytes into the `.part`, or fail.
@@ -143,6 +145,7 @@ impl Default for FakeHost {
             decoded: RefCell::default(),
             residency: Cell::new(1.0),
             warmups: Cell::new(0),
+            warm_reach: Cell::new(1.0),
             hashes: Cell::new(0),
             transfers: RefCell::default(),
             free: Cell::new(1 << 40),
@@ -452,13 +455,14 @@ impl Jobs for FakeHost {
     }
     fn warmup(&self, _: &ModelSource, _: WarmOrder) -> Self::Warmup {
         self.warmups.set(self.warmups.get() + 1);
-        self.residency.set(1.0);
+        let before = self.residency.get();
+        self.residency.set(self.warm_reach.get());
         Done(Ok(WarmupState::Done(files::WarmupReport {
             bytes: 1000,
             millis: 1.0,
             bytes_per_s: 1e6,
-            residency_before: 0.0,
-            residency_after: 1.0,
+            residency_before: before,
+            residency_after: self.warm_reach.get(),
         })))
     }
     fn transfer(&self, request: &TransferRequest) -> Self::Transfer {

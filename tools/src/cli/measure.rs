@@ -353,6 +353,15 @@ pub fn bench(ctx: &super::CliContext, a: &BenchArgs) -> Result<()> {
         let mut series: Vec<bittybot_tools::phone::plot::Series> = Vec::new();
         for r in &reports {
             let (Some(res), Some(n)) = (&r.residency, r.conditions.available_mb) else { continue };
+            // A point whose balloon the watchdog had to release ran without
+            // the pressure it names: left out of the plot, said so.
+            if r.conditions.balloon.as_ref().is_some_and(|b| b.released_by_watchdog) {
+                eprintln!(
+                    "bench: --available-mb {n} left out of the plot: the balloon was released \
+                     (the bench needed more than {n} MB)"
+                );
+                continue;
+            }
             for c in &res.cases {
                 let point = bittybot_tools::phone::plot::Point {
                     available_mb: n as f64,
