@@ -30,14 +30,13 @@ pub struct RawShape {
 }
 
 impl RawLoop {
-    /// Load the model (read, not mapped: a second mapping of the file would
-    /// keep its pages from being evicted in the residency cases) and create
-    /// the context; the load time in ms.
-    pub fn load(path: &std::path::Path, s: &RawShape) -> Result<(Self, f64), BenchError> {
+    /// Load the model and create the context; the load time in ms. Read
+    /// into memory unless `mapped` (see `RawWeights` in the bench).
+    pub fn load(path: &std::path::Path, s: &RawShape, mapped: bool) -> Result<(Self, f64), BenchError> {
         let t = Instant::now();
         bittybot_host::llama::backend();
         let path = path.to_str().ok_or_else(|| BenchError::Other("the model path is not UTF-8".into()))?;
-        let model = Model::load(path, false)
+        let model = Model::load(path, mapped)
             .map_err(BenchError::Other)?
             .ok_or_else(|| BenchError::Other("raw loop: llama.cpp cannot load the model".into()))?;
         let params = ContextParams {
