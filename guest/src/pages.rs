@@ -7,13 +7,11 @@
 //! that starts with low residency starts it alongside its prompt.
 //!
 //! Neither helps when memory cannot hold the model: a pass over a file
-//! larger than the page cache it can have evicts, front to back, the pages
-//! the decode is about to use, and every token then reads the model again.
-//! Measured under a memory balloon with the `ufs2` storage profile (README,
-//! "Phone conditions"): the guest's turns fell to 0.3–0.4 tok/s while the
-//! raw loop in the same process, which never warms, kept 7.7–9.2. So a pass
-//! that ends with the file still not resident means "this device cannot
-//! hold the model now", and no further pass starts for this model.
+//! larger than the page cache it can have only evicts, front to back, the
+//! pages the decode is about to use. So a pass that ends with the file
+//! still below [`REWARM_BELOW`] means "this device cannot hold the model
+//! now", and no further pass starts for this model until it is loaded
+//! again.
 
 use crate::host::{Job, Jobs, ModelSource, WarmOrder, WarmupState};
 
@@ -42,13 +40,6 @@ impl<H: Jobs> Pages<H> {
         self.source = source;
     }
 
-    /// Whether a finished pass showed that memory cannot hold the model
-    /// (then no pass starts again until another model is loaded).
-    pub fn cannot_hold(&mut self) -> bool {
-        self.poll();
-        self.cannot_hold
-    }
-
     /// Look at the running pass: note a finished one that could not make
     /// the file resident. True while it runs.
     fn poll(&mut self) -> bool {
@@ -72,11 +63,6 @@ impl<H: Jobs> Pages<H> {
     /// Fraction of the model's pages in memory, when known.
     pub fn residency(&self, host: &H) -> Option<f32> {
         host.residency(self.source.as_ref()?).ok()
-    }
-
-    /// Whether a warmup pass is running.
-    pub fn warming(&self) -> bool {
-        self.warmup.as_ref().is_some_and(|w| matches!(w.wait(0), Ok(WarmupState::Running(_))))
     }
 
     /// Start a background pass unless one runs; true if one started.
@@ -125,7 +111,8 @@ mod tests {
         host.residency.set(0.1);
         host.warm_reach.set(0.6); // memory holds 60 % of the file
         assert!(pages.warm_in_background(&host));
-        assert!(pages.cannot_hold());
+        pages.poll();
+        assert!(pages.cannot_hold);
         host.residency.set(0.3);
         assert!(!pages.prepare(&host), "prepare after a pass that could not hold the model");
         assert!(!pages.warm_in_background(&host), "re-warm at send likewise");
@@ -134,7 +121,8 @@ mod tests {
         // context) is measured afresh.
         pages.set_model(Some(ModelSource::Provided));
         host.warm_reach.set(1.0);
-        assert!(!pages.cannot_hold());
+        pages.poll();
+        assert!(!pages.cannot_hold);
         assert!(pages.prepare(&host));
         assert_eq!((host.warmups.get(), host.residency.get()), (2, 1.0));
     }

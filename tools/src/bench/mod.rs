@@ -25,6 +25,7 @@ use bittybot_host::{
     SessionKind, SessionOptions,
 };
 use serde::Serialize;
+use raw::RawWeights;
 
 pub use table::table;
 
@@ -290,20 +291,6 @@ pub fn run(cfg: &BenchConfig, progress: impl FnMut(&str)) -> Result<BenchReport,
     run_with(cfg, RawWeights::Read, progress)
 }
 
-/// Where the raw loop keeps its copy of the weights.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum RawWeights {
-    /// Read into its own memory: its pages never join the guest's mapping's
-    /// in the residency cases.
-    Read,
-    /// Mapped, sharing the page cache with the guest's mapping. Under a
-    /// memory balloon a second, anonymous copy of the weights would take
-    /// the model's size away from the page cache the guest's mapping needs:
-    /// measured, the guest path then decoded at 0.3 tok/s beside a raw
-    /// loop at 9.6 — the bench's own artifact, not the app's behaviour.
-    Mapped,
-}
-
 fn run_with(cfg: &BenchConfig, raw_weights: RawWeights, mut progress: impl FnMut(&str)) -> Result<BenchReport, BenchError> {
     if cfg.reps == 0 {
         return Err(BenchError::Other("at least one repetition is needed".into()));
@@ -363,7 +350,7 @@ fn run_with(cfg: &BenchConfig, raw_weights: RawWeights, mut progress: impl FnMut
         threads,
         threads_batch,
     };
-    let (mut raw, raw_load_ms) = raw::RawLoop::load(&cfg.model, &shape, raw_weights == RawWeights::Mapped)?;
+    let (mut raw, raw_load_ms) = raw::RawLoop::load(&cfg.model, &shape, raw_weights)?;
 
     // One unmeasured round each: first-touch of pages, thread pools, caches.
     raw.run(&prompt_tokens, cfg.max_tokens.min(8))?;
