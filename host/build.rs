@@ -36,7 +36,8 @@ fn main() {
 /// The C++ shim, against the headers llama-cpp-sys-2 installed (`DEP_LLAMA_ROOT/include`).
 fn shim() {
     println!("cargo:rerun-if-changed=src/llama/shim.cpp");
-    let root = std::env::var_os("DEP_LLAMA_ROOT").expect("llama-cpp-sys-2 exports its build root (links = \"llama\")");
+    let root = std::env::var_os("DEP_LLAMA_ROOT")
+        .expect("llama-cpp-sys-2 exports its build root (links = \"llama\")");
     cc::Build::new()
         .cpp(true)
         .std("c++17")

@@ -35,8 +35,10 @@ pub fn create(data_dir: PathBuf, guest: Option<PathBuf>) -> jlong {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let mut options = ServiceOptions::new(&data_dir);
     options.guest_file = guest;
-    let instance =
-        Instance { setup: Mutex::new(Setup { options, model: None, started: false }), service: OnceLock::new() };
+    let instance = Instance {
+        setup: Mutex::new(Setup { options, model: None, started: false }),
+        service: OnceLock::new(),
+    };
     live().insert(id, Arc::new(instance));
     id
 }
@@ -95,7 +97,10 @@ impl Instance {
     pub fn allow_downloads(&self, prefix: String, allow_private: bool) -> Result<(), Failure> {
         let mut setup = self.setup();
         if setup.started {
-            return Err(Failure::new(ErrorKind::InvalidArgument, "allowDownloadsFrom must be called before start()"));
+            return Err(Failure::new(
+                ErrorKind::InvalidArgument,
+                "allowDownloadsFrom must be called before start()",
+            ));
         }
         let network = &mut setup.options.runtime.network;
         network.allow(&prefix);

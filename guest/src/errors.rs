@@ -13,10 +13,9 @@ pub fn inference(e: &InferenceError) -> String {
         | InferenceError::InvalidArgument(m)
         | InferenceError::LimitExceeded(m)
         | InferenceError::DecodeFailed(m) => m.clone(),
-        InferenceError::ContextFull(c) => format!(
-            "context full: {} tokens used + {} requested > {}",
-            c.used, c.requested, c.capacity
-        ),
+        InferenceError::ContextFull(c) => {
+            format!("context full: {} tokens used + {} requested > {}", c.used, c.requested, c.capacity)
+        }
         InferenceError::Cancelled => "cancelled".into(),
         InferenceError::File(f) => file(f),
     }

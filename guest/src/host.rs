@@ -10,9 +10,7 @@ use crate::wit::{download, files, inference, platform, types};
 
 pub use download::{DownloadError, Request as TransferRequest, TransferState};
 pub use files::{HashState, WarmOrder, WarmupState};
-pub use inference::{
-    InferenceError, KvType, LoadSettings, ModelInfo, ModelShape, SamplerConfig, SavedState,
-};
+pub use inference::{InferenceError, KvType, LoadSettings, ModelInfo, ModelShape, SamplerConfig, SavedState};
 pub use platform::{CpuCore, CpuTopology, MemoryInfo};
 pub use types::{FileError, ModelSource, Root};
 

@@ -71,10 +71,16 @@ impl api::Guest for Component {
     type ModelSetup = ModelSetupResource;
 
     fn resolve_spec(spec_json: Option<String>) -> Result<api::ModelSpec, api::SetupError> {
-        spec::ModelSpec::resolve(spec_json.as_deref()).map(|s| s.to_wit()).map_err(api::SetupError::InvalidSpec)
+        spec::ModelSpec::resolve(spec_json.as_deref())
+            .map(|s| s.to_wit())
+            .map_err(api::SetupError::InvalidSpec)
     }
 
-    fn verify_digest(spec_json: Option<String>, size: u64, sha256: String) -> Result<api::ModelSpec, api::SetupError> {
+    fn verify_digest(
+        spec_json: Option<String>,
+        size: u64,
+        sha256: String,
+    ) -> Result<api::ModelSpec, api::SetupError> {
         let s = spec::ModelSpec::resolve(spec_json.as_deref()).map_err(api::SetupError::InvalidSpec)?;
         setup::check_digest(&s, size, &sha256).map_err(api::SetupError::VerificationFailed)?;
         Ok(s.to_wit())
@@ -88,13 +94,19 @@ impl api::Guest for Component {
         with_app(|a| a.save_tuned_threads(&Imports, decode, batch))
     }
 
-    fn render_prompt(messages: Vec<api::Message>, add_generation_prompt: bool) -> Result<api::RenderedPrompt, api::AppError> {
+    fn render_prompt(
+        messages: Vec<api::Message>,
+        add_generation_prompt: bool,
+    ) -> Result<api::RenderedPrompt, api::AppError> {
         let profile = with_app(|a| a.profile())?;
         let msgs = messages
             .iter()
             .map(|m| {
                 let role = Role::parse(&m.role).ok_or_else(|| {
-                    api::AppError::InvalidArgument(format!("unknown role `{}` (system, user, assistant)", m.role))
+                    api::AppError::InvalidArgument(format!(
+                        "unknown role `{}` (system, user, assistant)",
+                        m.role
+                    ))
                 })?;
                 Ok((role, m.content.as_str()))
             })
@@ -126,7 +138,9 @@ pub struct SessionResource {
 impl api::GuestSession for SessionResource {
     fn open(kind: api::SessionKind) -> Result<api::Session, api::AppError> {
         let session = with_app(|a| a.open_session(&Imports, kind))?;
-        Ok(api::Session::new(SessionResource { shared: Rc::new(LeasedSession { session: RefCell::new(session) }) }))
+        Ok(api::Session::new(SessionResource {
+            shared: Rc::new(LeasedSession { session: RefCell::new(session) }),
+        }))
     }
 
     fn configure(&self, patch: api::SessionOptions) -> Result<(), api::AppError> {
@@ -141,7 +155,10 @@ impl api::GuestSession for SessionResource {
 
     fn send(&self, text: String) -> Result<api::Generation, api::AppError> {
         let generation = with_app(|a| self.shared.session.borrow_mut().send(&mut a.env(&Imports), &text))?;
-        Ok(api::Generation::new(GenerationResource { shared: self.shared.clone(), generation: RefCell::new(generation) }))
+        Ok(api::Generation::new(GenerationResource {
+            shared: self.shared.clone(),
+            generation: RefCell::new(generation),
+        }))
     }
 
     fn reset(&self) {
@@ -150,7 +167,10 @@ impl api::GuestSession for SessionResource {
 
     fn history(&self) -> Vec<api::Message> {
         let history = self.shared.session.borrow().history();
-        history.into_iter().map(|(role, content)| api::Message { role: role.as_str().to_owned(), content }).collect()
+        history
+            .into_iter()
+            .map(|(role, content)| api::Message { role: role.as_str().to_owned(), content })
+            .collect()
     }
 
     fn kv_tokens(&self) -> u32 {

@@ -50,7 +50,14 @@ pub fn plan(
         n_embd: shape.n_embd,
         n_vocab: shape.n_vocab,
     };
-    let fit = memfit::choose(&fit_shape, memory.available, memory.total, SEQUENCES, n_batch.min(512), shape.n_ctx_train);
+    let fit = memfit::choose(
+        &fit_shape,
+        memory.available,
+        memory.total,
+        SEQUENCES,
+        n_batch.min(512),
+        shape.n_ctx_train,
+    );
     let mut notes = Vec::new();
     let (n_ctx, kv_type, outlook) = match fit {
         memfit::Fit::TooBig { need, total } => {
@@ -105,7 +112,14 @@ mod tests {
     use crate::host::{CpuCore, ModelSource};
 
     fn options() -> LoadOptions {
-        LoadOptions { source: ModelSource::Provided, n_ctx: None, n_batch: None, threads: None, threads_batch: None, use_mmap: None }
+        LoadOptions {
+            source: ModelSource::Provided,
+            n_ctx: None,
+            n_batch: None,
+            threads: None,
+            threads_batch: None,
+            use_mmap: None,
+        }
     }
 
     fn tiny_aya() -> ModelShape {
@@ -126,7 +140,13 @@ mod tests {
     /// Exynos 1280: CPUs 0-5 A55 @ 2.0 GHz, 6-7 A78 @ 2.4 GHz.
     fn exynos() -> CpuTopology {
         let cores = (0..8)
-            .map(|id| CpuCore { id, online: true, max_freq_khz: Some(if id < 6 { 2_002_000 } else { 2_400_000 }), capacity: None, cluster: None })
+            .map(|id| CpuCore {
+                id,
+                online: true,
+                max_freq_khz: Some(if id < 6 { 2_002_000 } else { 2_400_000 }),
+                capacity: None,
+                cluster: None,
+            })
             .collect();
         CpuTopology { cores, online: 8 }
     }
@@ -145,12 +165,18 @@ mod tests {
         let mem = MemoryInfo { total: 24 << 30, available: 20 << 30 };
         let tuned = Some(TunedThreads { decode: 3, batch: 5 });
         let p = plan(&options(), &tiny_aya(), &exynos(), &mem, tuned).unwrap();
-        assert_eq!((p.settings.threads, p.settings.threads_batch, p.threads_source), (3, 5, ThreadSource::Tuned));
+        assert_eq!(
+            (p.settings.threads, p.settings.threads_batch, p.threads_source),
+            (3, 5, ThreadSource::Tuned)
+        );
         let mut o = options();
         o.n_ctx = Some(777);
         o.threads = Some(1);
         let p = plan(&o, &tiny_aya(), &exynos(), &mem, tuned).unwrap();
-        assert_eq!((p.settings.n_ctx, p.settings.threads, p.threads_source), (777, 1, ThreadSource::Explicit));
+        assert_eq!(
+            (p.settings.n_ctx, p.settings.threads, p.threads_source),
+            (777, 1, ThreadSource::Explicit)
+        );
     }
 
     #[test]
@@ -160,6 +186,9 @@ mod tests {
         assert_eq!(p.outlook, MemoryOutlook::Paging);
         assert!(p.notes[0].contains("cannot stay resident"), "{:?}", p.notes);
         let tiny = MemoryInfo { total: 1 << 30, available: 700 << 20 };
-        assert!(matches!(plan(&options(), &tiny_aya(), &exynos(), &tiny, None), Err(AppError::LoadFailed(_))));
+        assert!(matches!(
+            plan(&options(), &tiny_aya(), &exynos(), &tiny, None),
+            Err(AppError::LoadFailed(_))
+        ));
     }
 }

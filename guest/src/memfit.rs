@@ -170,7 +170,12 @@ mod tests {
         let total = 5_500_000_000;
         match choose(&TINY_AYA, 2_100_000_000, total, 2, 512, 8192) {
             Fit::Fits { n_ctx, kv_type, need, available } => {
-                assert_eq!((n_ctx, kv_type), (1024, KvType::F16), "two sessions of 2048 need {} MiB", mib(need));
+                assert_eq!(
+                    (n_ctx, kv_type),
+                    (1024, KvType::F16),
+                    "two sessions of 2048 need {} MiB",
+                    mib(need)
+                );
                 assert!(need <= available);
             }
             other => panic!("{other:?}"),

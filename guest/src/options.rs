@@ -161,7 +161,9 @@ mod tests {
     fn logit_biases_name_single_tokens() {
         let mut p = patch();
         p.logit_bias = Some(vec![("<|END|>".into(), -5.0)]);
-        let o = SessionOptions::defaults(SessionKind::Chat).merged(&p, |t| (t == "<|END|>").then_some(7)).unwrap();
+        let o = SessionOptions::defaults(SessionKind::Chat)
+            .merged(&p, |t| (t == "<|END|>").then_some(7))
+            .unwrap();
         assert_eq!(o.sampler.logit_bias, vec![(7, -5.0)]);
         let err = SessionOptions::defaults(SessionKind::Chat).merged(&p, |_| None).unwrap_err();
         assert!(matches!(err, AppError::InvalidArgument(m) if m.contains("not a single token")));

@@ -87,7 +87,13 @@ impl<S> PrefixCache<S> {
     }
 
     /// Keep the state of `seq`, which holds exactly `tokens`, in memory and on disk.
-    pub fn store<H: Engine<Snapshot = S> + Storage>(&mut self, host: &H, seq: u32, key: &str, tokens: &[Token]) {
+    pub fn store<H: Engine<Snapshot = S> + Storage>(
+        &mut self,
+        host: &H,
+        seq: u32,
+        key: &str,
+        tokens: &[Token],
+    ) {
         self.remember(host, seq, key, tokens);
         let name = file_name(key);
         let Ok(saved) = host.state_save(seq, &name, tokens) else { return };
@@ -182,7 +188,8 @@ mod tests {
             prefix(&host, 0, &[i]);
             cache.store(&host, 0, &format!("k{i}"), &[i]);
         }
-        let files: Vec<String> = host.storage.names(Root::State).into_iter().filter(|n| n.starts_with("prefix-")).collect();
+        let files: Vec<String> =
+            host.storage.names(Root::State).into_iter().filter(|n| n.starts_with("prefix-")).collect();
         assert_eq!(files, (2..6).map(|i| file_name(&format!("k{i}"))).collect::<Vec<_>>());
         assert_eq!(cache.entries.len(), MAX_SNAPSHOTS);
     }

@@ -38,7 +38,12 @@ pub fn kv_type_name(t: KvType) -> &'static str {
 impl ModelProfile {
     /// The profile of a freshly loaded model. `model_id` identifies the
     /// file's content (its verified SHA-256 when known).
-    pub fn new<E: Engine>(engine: &E, info: &ModelInfo, model_id: &str, load_id: u64) -> Result<Self, TemplateError> {
+    pub fn new<E: Engine>(
+        engine: &E,
+        info: &ModelInfo,
+        model_id: &str,
+        load_id: u64,
+    ) -> Result<Self, TemplateError> {
         let special_text = |t: Option<Token>| {
             t.map(|t| String::from_utf8_lossy(&engine.token_bytes(t, true)).into_owned()).unwrap_or_default()
         };

@@ -205,7 +205,9 @@ impl<H: SetupHost> Setup<H> {
                 self.phase = Phase::Compare { bytes, sha256 };
                 Ok(SetupState::Verifying(p))
             }
-            Phase::Compare { bytes, sha256 } => self.accept(host, &spec, &sha256, bytes, VerifiedBy::Download),
+            Phase::Compare { bytes, sha256 } => {
+                self.accept(host, &spec, &sha256, bytes, VerifiedBy::Download)
+            }
             Phase::Done => Err(SetupError::Io("setup already finished".into())),
         }
     }
@@ -267,7 +269,12 @@ impl<H: SetupHost> Setup<H> {
         Ok(SetupState::Downloading(self.progress(done, spec.size)))
     }
 
-    fn download(&mut self, host: &H, spec: &ModelSpec, transfer: H::Transfer) -> Result<SetupState, SetupError> {
+    fn download(
+        &mut self,
+        host: &H,
+        spec: &ModelSpec,
+        transfer: H::Transfer,
+    ) -> Result<SetupState, SetupError> {
         if host.cancel_requested() {
             transfer.cancel();
             // Let it finish writing and syncing what it has.
@@ -461,14 +468,20 @@ mod tests {
 
         // A second setup on the same folders: the record matches, no hashing.
         let states = run(&h, Ok(spec()), true);
-        assert!(matches!(last(&states), SetupState::Ready(ModelReady { verified_by: VerifiedBy::SavedRecord, .. })));
+        assert!(matches!(
+            last(&states),
+            SetupState::Ready(ModelReady { verified_by: VerifiedBy::SavedRecord, .. })
+        ));
         assert_eq!(h.hashes.get(), 0);
     }
 
     #[test]
     fn hash_mismatch_deletes_and_forgets() {
         let h = host(vec![Ok(b"GGUF pretend modeX".to_vec())], 1 << 30);
-        assert!(matches!(last(&run(&h, Ok(spec()), true)), SetupState::Failed(SetupError::VerificationFailed(_))));
+        assert!(matches!(
+            last(&run(&h, Ok(spec()), true)),
+            SetupState::Failed(SetupError::VerificationFailed(_))
+        ));
         assert!(h.storage.names(Root::Models).is_empty());
     }
 
@@ -514,14 +527,20 @@ mod tests {
         assert_eq!(h.hashes.get(), 1);
         // Same size, other content: the mtime changed, so it is hashed again and rejected.
         h.storage.write(Root::Models, "m.gguf", b"GGUF pretend modeZ").unwrap();
-        assert!(matches!(last(&run(&h, Ok(spec()), false)), SetupState::Failed(SetupError::VerificationFailed(_))));
+        assert!(matches!(
+            last(&run(&h, Ok(spec()), false)),
+            SetupState::Failed(SetupError::VerificationFailed(_))
+        ));
         assert!(h.storage.get(Root::Models, "m.gguf").is_none());
     }
 
     #[test]
     fn invalid_spec_and_no_download_allowed() {
         let h = host(vec![], 1 << 30);
-        assert!(matches!(last(&run(&h, Err("model spec: bad".into()), true)), SetupState::Failed(SetupError::InvalidSpec(_))));
+        assert!(matches!(
+            last(&run(&h, Err("model spec: bad".into()), true)),
+            SetupState::Failed(SetupError::InvalidSpec(_))
+        ));
         assert_eq!(last(&run(&h, Ok(spec()), false)), &SetupState::Failed(SetupError::NotDownloaded));
     }
 

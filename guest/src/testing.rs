@@ -22,7 +22,8 @@ pub const EOS: Token = 2;
 pub const IM_START: Token = 3;
 /// `<|im_end|>` (end of generation, as SmolLM2 marks it).
 pub const IM_END: Token = 4;
-const SPECIALS: [(&str, Token); 4] = [("<s>", BOS), ("</s>", EOS), ("<|im_start|>", IM_START), ("<|im_end|>", IM_END)];
+const SPECIALS: [(&str, Token); 4] =
+    [("<s>", BOS), ("</s>", EOS), ("<|im_start|>", IM_START), ("<|im_end|>", IM_END)];
 const BYTE_BASE: Token = 10;
 /// Vocabulary size.
 pub const N_VOCAB: u32 = 266;
@@ -171,7 +172,8 @@ impl FakeHost {
 
     /// Whether the positions of a sequence are 0..n without gaps.
     pub fn kv_contiguous(&self, seq: u32) -> bool {
-        let mut pos: Vec<u32> = self.kv.borrow().get(&seq).map(|c| c.iter().map(|c| c.0).collect()).unwrap_or_default();
+        let mut pos: Vec<u32> =
+            self.kv.borrow().get(&seq).map(|c| c.iter().map(|c| c.0).collect()).unwrap_or_default();
         pos.sort();
         pos.iter().enumerate().all(|(i, &p)| p == i as u32)
     }
@@ -376,7 +378,8 @@ impl Engine for FakeHost {
     }
     fn state_save(&self, seq: u32, name: &str, tokens: &[Token]) -> Result<SavedState, InferenceError> {
         self.states_saved.set(self.states_saved.get() + 1);
-        let bytes = serde_json::to_vec(&(tokens, self.kv(seq))).map_err(|e| InferenceError::DecodeFailed(e.to_string()))?;
+        let bytes = serde_json::to_vec(&(tokens, self.kv(seq)))
+            .map_err(|e| InferenceError::DecodeFailed(e.to_string()))?;
         self.storage.write(Root::State, name, &bytes).map_err(InferenceError::File)?;
         Ok(SavedState { bytes: bytes.len() as u64, sha256: digest(&bytes) })
     }
@@ -384,7 +387,10 @@ impl Engine for FakeHost {
         self.kv_clear(seq);
         let bytes = self.storage.read(Root::State, name).map_err(InferenceError::File)?;
         if sha256.is_some_and(|s| s != digest(&bytes)) {
-            return Err(InferenceError::File(FileError::Io(format!("{} is damaged", path(Root::State, name)))));
+            return Err(InferenceError::File(FileError::Io(format!(
+                "{} is damaged",
+                path(Root::State, name)
+            ))));
         }
         let (tokens, kv): (Vec<Token>, Vec<Token>) =
             serde_json::from_slice(&bytes).map_err(|e| InferenceError::File(FileError::Io(e.to_string())))?;
@@ -420,7 +426,8 @@ impl Platform for FakeHost {
         self.shared.cancel.get()
     }
     fn cpu_topology(&self) -> CpuTopology {
-        let core = |id| platform::CpuCore { id, online: true, max_freq_khz: None, capacity: None, cluster: None };
+        let core =
+            |id| platform::CpuCore { id, online: true, max_freq_khz: None, capacity: None, cluster: None };
         CpuTopology { cores: vec![core(0), core(1)], online: 2 }
     }
     fn memory(&self) -> MemoryInfo {
@@ -481,4 +488,3 @@ impl Jobs for FakeHost {
         Ok(self.residency.get())
     }
 }
-

@@ -122,7 +122,11 @@ fn agent(policy: &NetworkPolicy) -> ureq::Agent {
         .timeout_per_read(Some(Duration::from_secs(30)))
         .user_agent(concat!("bittybot/", env!("CARGO_PKG_VERSION")))
         .build();
-    ureq::Agent::with_parts(config, ureq::unversioned::transport::DefaultConnector::new(), PolicyResolver::new(policy))
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::new(),
+        PolicyResolver::new(policy),
+    )
 }
 
 fn io(e: std::io::Error) -> DownloadError {
@@ -200,7 +204,12 @@ pub fn run(req: DownloadRequest, ctx: &JobCtx<Progress>) -> Result<Finished, Dow
     }
     if existing > 0 && existing == req.expected_size {
         // Complete already (e.g. stopped between the last byte and the rename).
-        return Ok(Finished { bytes: existing, sha256: hasher.finalize_hex(), resumed_from: existing, restarted: false });
+        return Ok(Finished {
+            bytes: existing,
+            sha256: hasher.finalize_hex(),
+            resumed_from: existing,
+            restarted: false,
+        });
     }
 
     let agent = agent(&req.policy);
@@ -214,7 +223,11 @@ pub fn run(req: DownloadRequest, ctx: &JobCtx<Progress>) -> Result<Finished, Dow
     // without a range.
     let (continued, refetch) = match status {
         206 => {
-            let range = response.headers().get("content-range").and_then(|v| v.to_str().ok()).and_then(parse_content_range);
+            let range = response
+                .headers()
+                .get("content-range")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_content_range);
             match range {
                 Some((start, total)) if start == existing => (Some(total), false),
                 _ => (None, true),
@@ -275,7 +288,11 @@ pub fn run(req: DownloadRequest, ctx: &JobCtx<Progress>) -> Result<Finished, Dow
             )));
         }
         if let Err(e) = part.write_all(&buf[..n]) {
-            break Err(if e.raw_os_error() == Some(libc::ENOSPC) { DownloadError::DiskFull { done } } else { io(e) });
+            break Err(if e.raw_os_error() == Some(libc::ENOSPC) {
+                DownloadError::DiskFull { done }
+            } else {
+                io(e)
+            });
         }
         hasher.update(&buf[..n]);
         done += n as u64;

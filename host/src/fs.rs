@@ -121,18 +121,21 @@ fn root_name(root: Root) -> &'static str {
 
 /// Accept only a single plain, visible path component.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let plain = !name.is_empty()
-        && !name.starts_with('.')
-        && !name.contains(['/', '\\', '\0'])
-        && name.len() <= 255;
-    if plain { Ok(()) } else { Err(format!("`{name}` is not a plain file name (no folders, `..` or leading `.`)")) }
+    let plain =
+        !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']) && name.len() <= 255;
+    if plain {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not a plain file name (no folders, `..` or leading `.`)"))
+    }
 }
 
 impl Folder {
     /// Open (creating it if needed) a folder of the guest's.
     pub fn open(root: Root, path: &Path, quota: u64, in_use: InUse) -> std::io::Result<Folder> {
         std::fs::create_dir_all(path)?;
-        let dir = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let dir =
+            rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         Ok(Folder { root, path: path.to_owned(), dir: Arc::new(dir), quota, in_use })
     }
 
@@ -159,7 +162,9 @@ impl Folder {
         let who = self.guest_name(name);
         match e.raw_os_error() {
             Some(libc::ENOENT) => FsError::NotFound(who),
-            Some(libc::ELOOP) => FsError::NotPermitted(format!("{who} is a symbolic link; links are not followed")),
+            Some(libc::ELOOP) => {
+                FsError::NotPermitted(format!("{who} is a symbolic link; links are not followed"))
+            }
             Some(libc::ENOSPC) => FsError::DiskFull(who),
             _ => FsError::Io(format!("{who}: {}", e.kind())),
         }
@@ -177,9 +182,10 @@ impl Folder {
     fn regular(&self, name: &str, st: &rustix::fs::Stat) -> Result<(), FsError> {
         match FileType::from_raw_mode(st.st_mode) {
             FileType::RegularFile => Ok(()),
-            FileType::Symlink => {
-                Err(FsError::NotPermitted(format!("{} is a symbolic link; links are not followed", self.guest_name(name))))
-            }
+            FileType::Symlink => Err(FsError::NotPermitted(format!(
+                "{} is a symbolic link; links are not followed",
+                self.guest_name(name)
+            ))),
             _ => Err(FsError::NotPermitted(format!("{} is not a regular file", self.guest_name(name)))),
         }
     }
@@ -188,15 +194,21 @@ impl Folder {
     pub fn stat(&self, name: &str) -> Result<Option<Stat>, FsError> {
         let Some(st) = self.stat_raw(name)? else { return Ok(None) };
         self.regular(name, &st)?;
-        let modified_ns = (st.st_mtime as u64).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as u64);
+        let modified_ns =
+            (st.st_mtime as u64).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as u64);
         Ok(Some(Stat { size: st.st_size as u64, modified_ns }))
     }
 
     /// Open a regular file for reading (never through a link).
     pub fn open_read(&self, name: &str) -> Result<File, FsError> {
         self.checked(name)?;
-        let fd = rustix::fs::openat(self.dir.as_fd(), name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| self.io(name, e.into()))?;
+        let fd = rustix::fs::openat(
+            self.dir.as_fd(),
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io(name, e.into()))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| self.io(name, e.into()))?;
         self.regular(name, &st)?;
         Ok(File::from(fd))
@@ -220,14 +232,16 @@ impl Folder {
 
     /// The regular, visible files, sorted.
     pub fn list(&self) -> Result<Vec<String>, FsError> {
-        let mut names: Vec<String> = self.entries()?.into_iter().filter(|e| !e.0.starts_with('.')).map(|e| e.0).collect();
+        let mut names: Vec<String> =
+            self.entries()?.into_iter().filter(|e| !e.0.starts_with('.')).map(|e| e.0).collect();
         names.sort();
         Ok(names)
     }
 
     /// (name, size) of every regular file, hidden ones included.
     fn entries(&self) -> Result<Vec<(String, u64)>, FsError> {
-        let rd = std::fs::read_dir(&self.path).map_err(|e| FsError::Io(format!("{}: {}", root_name(self.root), e.kind())))?;
+        let rd = std::fs::read_dir(&self.path)
+            .map_err(|e| FsError::Io(format!("{}: {}", root_name(self.root), e.kind())))?;
         Ok(rd
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
@@ -242,7 +256,8 @@ impl Folder {
 
     /// Bytes the guest may still add: the quota left or the disk's free space, whichever is less.
     pub fn free(&self) -> Result<u64, FsError> {
-        let fs = rustix::fs::fstatvfs(self.dir.as_fd()).map_err(|e| FsError::Io(format!("{}: {e}", root_name(self.root))))?;
+        let fs = rustix::fs::fstatvfs(self.dir.as_fd())
+            .map_err(|e| FsError::Io(format!("{}: {e}", root_name(self.root))))?;
         let disk = (fs.f_bavail as u64).saturating_mul(fs.f_frsize as u64);
         Ok(disk.min(self.quota.saturating_sub(self.used()?)))
     }
@@ -251,7 +266,12 @@ impl Folder {
     pub fn check_quota(&self, more: u64, replacing: u64) -> Result<(), FsError> {
         let used = self.used()?;
         if used.saturating_sub(replacing).saturating_add(more) > self.quota {
-            return Err(FsError::Quota { root: root_name(self.root), limit: self.quota, used, requested: more });
+            return Err(FsError::Quota {
+                root: root_name(self.root),
+                limit: self.quota,
+                used,
+                requested: more,
+            });
         }
         Ok(())
     }
@@ -311,7 +331,10 @@ impl Folder {
         let st = rustix::fs::fstat(&fd).map_err(|e| self.io(name, e.into()))?;
         self.regular(name, &st)?;
         if self.in_use.contains(&st) {
-            return Err(FsError::NotPermitted(format!("{} is in use by the loaded model", self.guest_name(name))));
+            return Err(FsError::NotPermitted(format!(
+                "{} is in use by the loaded model",
+                self.guest_name(name)
+            )));
         }
         if st.st_nlink > 1 {
             return Err(FsError::NotPermitted(format!("{} has other hard links", self.guest_name(name))));
@@ -335,7 +358,8 @@ impl Folder {
         self.refuse_in_use(to)?;
         let Some(st) = self.stat_raw(from)? else { return Err(FsError::NotFound(self.guest_name(from))) };
         self.regular(from, &st)?;
-        rustix::fs::renameat(self.dir.as_fd(), from, self.dir.as_fd(), to).map_err(|e| self.io(from, e.into()))?;
+        rustix::fs::renameat(self.dir.as_fd(), from, self.dir.as_fd(), to)
+            .map_err(|e| self.io(from, e.into()))?;
         let _ = rustix::fs::fsync(self.dir.as_fd());
         Ok(())
     }
@@ -391,7 +415,12 @@ pub struct Folders {
 
 impl Folders {
     /// Open (creating) the folders under `data_dir`.
-    pub fn open(data_dir: &Path, provided_model: Option<PathBuf>, models_quota: u64, state_quota: u64) -> std::io::Result<Self> {
+    pub fn open(
+        data_dir: &Path,
+        provided_model: Option<PathBuf>,
+        models_quota: u64,
+        state_quota: u64,
+    ) -> std::io::Result<Self> {
         let in_use = InUse::default();
         Ok(Folders {
             models: Folder::open(Root::Models, &data_dir.join("models"), models_quota, in_use.clone())?,
@@ -411,17 +440,24 @@ impl Folders {
                 host_path: self.models.host_path().join(name),
             }),
             ModelSource::Provided => {
-                let path = self
-                    .provided_model
-                    .clone()
-                    .ok_or_else(|| FsError::NotFound("the provided model (none was given to the host)".into()))?;
+                let path = self.provided_model.clone().ok_or_else(|| {
+                    FsError::NotFound("the provided model (none was given to the host)".into())
+                })?;
                 // The guest learns the file's name, never the host's folders.
-                let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let file_name =
+                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let file = File::open(&path).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => FsError::NotFound(format!("the provided model {file_name}")),
+                    std::io::ErrorKind::NotFound => {
+                        FsError::NotFound(format!("the provided model {file_name}"))
+                    }
                     k => FsError::Io(format!("the provided model {file_name}: {k}")),
                 })?;
-                Ok(ModelFile { file, name: format!("the provided model {file_name}"), file_name, host_path: path })
+                Ok(ModelFile {
+                    file,
+                    name: format!("the provided model {file_name}"),
+                    file_name,
+                    host_path: path,
+                })
             }
         }
     }
@@ -458,8 +494,16 @@ mod tests {
         let outside = dir.path().join("outside");
         std::fs::write(&outside, b"secret").unwrap();
         std::os::unix::fs::symlink(&outside, dir.path().join("state/link")).unwrap();
-        for r in [f.open_read("link").map(|_| ()), f.write("link", b"x"), f.open_append("link").map(|_| ()), f.stat("link").map(|_| ())] {
-            assert!(matches!(r, Err(FsError::NotPermitted(ref m)) if m.contains("symbolic link") && !m.contains("/tmp")), "{r:?}");
+        for r in [
+            f.open_read("link").map(|_| ()),
+            f.write("link", b"x"),
+            f.open_append("link").map(|_| ()),
+            f.stat("link").map(|_| ()),
+        ] {
+            assert!(
+                matches!(r, Err(FsError::NotPermitted(ref m)) if m.contains("symbolic link") && !m.contains("/tmp")),
+                "{r:?}"
+            );
         }
         assert!(f.remove("link").unwrap(), "the link itself can be removed");
         assert_eq!(std::fs::read(&outside).unwrap(), b"secret");

@@ -91,7 +91,10 @@ pub fn hash_file(path: &Path, step: impl FnMut(u64, u64) -> bool) -> Result<Stri
 }
 
 /// SHA-256 (lowercase hex) of an open file, from its start.
-pub fn hash_open(file: &mut std::fs::File, mut step: impl FnMut(u64, u64) -> bool) -> Result<String, HashError> {
+pub fn hash_open(
+    file: &mut std::fs::File,
+    mut step: impl FnMut(u64, u64) -> bool,
+) -> Result<String, HashError> {
     use std::io::Seek;
     let total = file.metadata().map_err(|e| HashError::Io(e.kind().to_string()))?.len();
     file.seek(std::io::SeekFrom::Start(0)).map_err(|e| HashError::Io(e.kind().to_string()))?;

@@ -97,7 +97,9 @@ impl<P: Clone + Send + 'static, R: Clone + Send + 'static> Job<P, R> {
     ) -> std::io::Result<Self> {
         if THREADS.fetch_add(1, Ordering::SeqCst) >= MAX_THREADS {
             THREADS.fetch_sub(1, Ordering::SeqCst);
-            return Err(std::io::Error::other(format!("more than {MAX_THREADS} background jobs are running")));
+            return Err(std::io::Error::other(format!(
+                "more than {MAX_THREADS} background jobs are running"
+            )));
         }
         let shared = Arc::new(JobCell {
             state: Mutex::new(State { progress: initial, done: false }),
@@ -181,8 +183,11 @@ impl<P, R> Drop for Job<P, R> {
     fn drop(&mut self) {
         cancel(&self.shared);
         let guard = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (guard, _) =
-            self.shared.changed.wait_timeout_while(guard, DROP_WAIT, |s| !s.done).unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(guard, DROP_WAIT, |s| !s.done)
+            .unwrap_or_else(|e| e.into_inner());
         let done = guard.done;
         drop(guard);
         if let Some(t) = self.thread.take()

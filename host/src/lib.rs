@@ -30,8 +30,9 @@ pub mod setup;
 pub mod warmup;
 
 pub use bindings::app::{
-    AppError, GenerationStats, InputTooLong, LoadOptions, LoadReport, MemoryOutlook, Message, ModelReady, ModelSpec,
-    RenderedPrompt, SessionKind, SessionOptions, SetupError, SetupProgress, SetupState, StopReason, VerifiedBy,
+    AppError, GenerationStats, InputTooLong, LoadOptions, LoadReport, MemoryOutlook, Message, ModelReady,
+    ModelSpec, RenderedPrompt, SessionKind, SessionOptions, SetupError, SetupProgress, SetupState,
+    StopReason, VerifiedBy,
 };
 pub use bindings::inference::{KvType, LoadSettings, ModelInfo};
 pub use bindings::types::ModelSource;
@@ -39,15 +40,26 @@ pub use errors::{RuntimeError, describe, describe_setup};
 pub use guest::{CacheOutcome, GuestError, GuestPolicy, GuestSource};
 pub use limits::Limits;
 pub use net::NetworkPolicy;
-pub use runtime::{CancelHandle, Generation, ModelSetup, Reply, Runtime, RuntimeOptions, Session, StartReport};
-pub use service::{ErrorKind, ReadyInfo, ReplyListener, Service, ServiceError, ServiceOptions, ServiceState, StateListener};
+pub use runtime::{
+    CancelHandle, Generation, ModelSetup, Reply, Runtime, RuntimeOptions, Session, StartReport,
+};
+pub use service::{
+    ErrorKind, ReadyInfo, ReplyListener, Service, ServiceError, ServiceOptions, ServiceState, StateListener,
+};
 pub use sessions::Sessions;
 pub use setup::SetupMode;
 
 impl LoadOptions {
     /// Load the model the host was given, with every setting left to the guest.
     pub fn provided() -> Self {
-        LoadOptions { source: ModelSource::Provided, n_ctx: None, n_batch: None, threads: None, threads_batch: None, use_mmap: None }
+        LoadOptions {
+            source: ModelSource::Provided,
+            n_ctx: None,
+            n_batch: None,
+            threads: None,
+            threads_batch: None,
+            use_mmap: None,
+        }
     }
 }
 

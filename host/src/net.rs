@@ -70,7 +70,9 @@ impl NetworkPolicy {
             let ip = match host {
                 url::Host::Ipv4(a) => Some(IpAddr::V4(a)),
                 url::Host::Ipv6(a) => Some(IpAddr::V6(a)),
-                url::Host::Domain(d) if d.eq_ignore_ascii_case("localhost") => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                url::Host::Domain(d) if d.eq_ignore_ascii_case("localhost") => {
+                    Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                }
                 url::Host::Domain(_) => None,
             };
             if let Some(ip) = ip.filter(|ip| !is_public(*ip)) {
@@ -180,8 +182,10 @@ mod tests {
     #[test]
     fn only_the_release_location_over_https_by_default() {
         let p = NetworkPolicy::default();
-        p.check_url("https://github.com/sneptech/bittybot/releases/download/v0.1.0-q3ks/tiny-aya-global-q3_k_s.gguf")
-            .unwrap();
+        p.check_url(
+            "https://github.com/sneptech/bittybot/releases/download/v0.1.0-q3ks/tiny-aya-global-q3_k_s.gguf",
+        )
+        .unwrap();
         for bad in [
             "http://github.com/sneptech/bittybot/releases/download/x.gguf",
             "https://github.com/other/repo/releases/download/x.gguf",
@@ -193,7 +197,8 @@ mod tests {
         ] {
             assert!(p.check_url(bad).is_err(), "{bad}");
         }
-        let cdn = Url::parse("https://release-assets.githubusercontent.com/github-production/1?sig=x").unwrap();
+        let cdn =
+            Url::parse("https://release-assets.githubusercontent.com/github-production/1?sig=x").unwrap();
         p.check_redirect(&cdn).unwrap();
         assert!(p.check_redirect(&Url::parse("https://example.org/").unwrap()).is_err());
         assert!(p.check_redirect(&Url::parse("https://169.254.169.254/latest").unwrap()).is_err());
@@ -211,7 +216,19 @@ mod tests {
 
     #[test]
     fn private_ranges() {
-        for ip in ["10.1.2.3", "192.168.0.1", "172.16.5.5", "127.0.0.1", "169.254.1.1", "100.64.0.1", "::1", "fe80::1", "fd00::1", "::ffff:10.0.0.1", "0.0.0.0"] {
+        for ip in [
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.5",
+            "127.0.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["140.82.121.4", "2606:50c0:8000::154"] {

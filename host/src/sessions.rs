@@ -31,7 +31,12 @@ impl Sessions {
     }
 
     /// Change a session's settings: now if it is open, else when it opens.
-    pub fn configure(&mut self, rt: &mut Runtime, kind: SessionKind, options: SessionOptions) -> Result<(), RuntimeError> {
+    pub fn configure(
+        &mut self,
+        rt: &mut Runtime,
+        kind: SessionKind,
+        options: SessionOptions,
+    ) -> Result<(), RuntimeError> {
         let slot = self.slot(kind);
         match &slot.session {
             Some(s) => rt.configure(s, &options),
@@ -43,7 +48,12 @@ impl Sessions {
     }
 
     /// The translation session's language pair: now if it is open, else when it opens.
-    pub fn set_languages(&mut self, rt: &mut Runtime, source: Option<String>, target: String) -> Result<(), RuntimeError> {
+    pub fn set_languages(
+        &mut self,
+        rt: &mut Runtime,
+        source: Option<String>,
+        target: String,
+    ) -> Result<(), RuntimeError> {
         let slot = self.slot(SessionKind::Translation);
         match &slot.session {
             Some(s) => rt.set_languages(s, source.as_deref(), &target),

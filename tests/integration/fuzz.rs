@@ -64,7 +64,8 @@ fn a_mangled_gguf_header_is_an_error_or_a_clean_load_never_an_abort() {
             if let Some(cut) = cut {
                 bytes.truncate(cut as usize);
             }
-            let checked = Gguf::read(&mut &bytes[..], bytes.len() as u64).and_then(|g| g.validate_model(&archs));
+            let checked =
+                Gguf::read(&mut &bytes[..], bytes.len() as u64).and_then(|g| g.validate_model(&archs));
             if let Err(e) = checked {
                 refused.set(refused.get() + 1);
                 if std::env::var_os("FUZZ_VERBOSE").is_some() {
@@ -158,5 +159,8 @@ fn every_sampler_configuration_is_refused_or_builds_within_its_bounds() {
         .unwrap();
     let (refused, built) = (refused.get(), built.get());
     eprintln!("refused {refused}, built {built}");
-    assert!(refused > 0 && built > 0, "the generator should reach both sides: refused {refused}, built {built}");
+    assert!(
+        refused > 0 && built > 0,
+        "the generator should reach both sides: refused {refused}, built {built}"
+    );
 }

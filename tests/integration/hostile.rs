@@ -42,7 +42,10 @@ fn attack(rt: &mut Runtime, cmd: &str) -> String {
 
 /// The line of a report about `what`.
 fn outcome<'a>(report: &'a str, what: &str) -> &'a str {
-    report.lines().find(|l| l.starts_with(&format!("{what}:"))).unwrap_or_else(|| panic!("no `{what}` in:\n{report}"))
+    report
+        .lines()
+        .find(|l| l.starts_with(&format!("{what}:")))
+        .unwrap_or_else(|| panic!("no `{what}` in:\n{report}"))
 }
 
 /// The host still serves a good call: the guest loads the model through it.
@@ -66,7 +69,8 @@ fn links_into_the_folders_are_never_followed_and_the_guest_cannot_make_one() {
     std::fs::copy(demo_model(), &secret).unwrap();
     let secret_state = outside.path().join("state-file");
     std::fs::write(&secret_state, b"do not touch").unwrap();
-    let before = (hash_file(&secret, |_, _| true).unwrap(), std::fs::metadata(&secret).unwrap().modified().unwrap());
+    let before =
+        (hash_file(&secret, |_, _| true).unwrap(), std::fs::metadata(&secret).unwrap().modified().unwrap());
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
     std::os::unix::fs::symlink(&secret, dir.path().join("models/link")).unwrap();
     std::os::unix::fs::symlink(&secret_state, dir.path().join("state/link")).unwrap();
@@ -83,10 +87,12 @@ fn links_into_the_folders_are_never_followed_and_the_guest_cannot_make_one() {
     }
     assert_eq!(report.lines().count(), 16, "{report}");
     no_host_paths(&report, &[dir.path(), outside.path()]);
-    let after = (hash_file(&secret, |_, _| true).unwrap(), std::fs::metadata(&secret).unwrap().modified().unwrap());
+    let after =
+        (hash_file(&secret, |_, _| true).unwrap(), std::fs::metadata(&secret).unwrap().modified().unwrap());
     assert_eq!(before, after, "the file outside was changed");
     assert_eq!(std::fs::read(&secret_state).unwrap(), b"do not touch");
-    let mut names: Vec<_> = std::fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
     assert_eq!(names, ["model.gguf", "state-file"], "nothing new outside");
     alive(&mut rt);
@@ -98,8 +104,17 @@ fn hostile_numbers_and_a_crafted_gguf_get_errors_not_a_crash() {
     let mut rt = runtime(dir.path(), |_| {});
     alive(&mut rt);
     let report = attack(&mut rt, "huge-penalty");
-    for what in ["penalty window 268435456", "top-k 10^9", "bias on token -5", "decode into sequence 999", "decode token 10^9"] {
-        assert!(outcome(&report, what).contains(": error InferenceError::InvalidArgument"), "{what}:\n{report}");
+    for what in [
+        "penalty window 268435456",
+        "top-k 10^9",
+        "bias on token -5",
+        "decode into sequence 999",
+        "decode token 10^9",
+    ] {
+        assert!(
+            outcome(&report, what).contains(": error InferenceError::InvalidArgument"),
+            "{what}:\n{report}"
+        );
     }
     assert!(outcome(&report, "token-bytes 2^31-1").ends_with("ok 0"));
     assert!(outcome(&report, "kv-remove 4e9").ends_with("ok false"));
@@ -141,7 +156,8 @@ fn downloads_go_only_where_the_app_allows() {
     let mut rt = runtime(dir.path(), |o| o.network = NetworkPolicy::default());
     let report = attack(&mut rt, &format!("exfiltrate {}/leak", logger.base));
     assert!(outcome(&report, "transfer").contains("error DownloadError::NotAllowed"), "{report}");
-    let report = attack(&mut rt, "big-download https://github.com/sneptech/bittybot/releases/download/v1/huge.gguf");
+    let report =
+        attack(&mut rt, "big-download https://github.com/sneptech/bittybot/releases/download/v1/huge.gguf");
     assert!(outcome(&report, "transfer of 10 GB").contains("error DownloadError::TooLarge"), "{report}");
     alive(&mut rt);
     // An app that allows one loopback server: a redirect from it to another is refused.
@@ -169,7 +185,10 @@ fn host_resources_are_bounded_by_named_limits() {
     let limits = rt.limits().clone();
     let report = attack(&mut rt, "samplers");
     let l = outcome(&report, "samplers opened");
-    assert!(l.contains(&format!("samplers opened: {};", limits.samplers)) && l.contains("LimitExceeded"), "{l}");
+    assert!(
+        l.contains(&format!("samplers opened: {};", limits.samplers)) && l.contains("LimitExceeded"),
+        "{l}"
+    );
     assert!(rt.host_memory_held() <= limits.host_memory);
 
     let report = attack(&mut rt, "snapshots demo.gguf");
@@ -185,8 +204,10 @@ fn host_resources_are_bounded_by_named_limits() {
     let report = attack(&mut rt, "state-flood");
     let l = outcome(&report, "MiB written");
     assert!(l.contains("QuotaExceeded"), "{l}");
-    let used: u64 =
-        std::fs::read_dir(dir.path().join("state")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    let used: u64 = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
     assert!(used <= 32 << 20, "state/ holds {used} bytes, more than its quota");
     alive(&mut rt);
 }
@@ -212,7 +233,10 @@ fn time_in_one_call_is_bounded_and_host_work_is_not_charged() {
     }
     rt.set_call_time(Duration::from_secs(30));
     let report = attack(&mut rt, "tokenize-specials 2097152 demo.gguf");
-    assert!(report.contains("Err(InferenceError::LimitExceeded") && report.contains("tokenize_bytes"), "{report}");
+    assert!(
+        report.contains("Err(InferenceError::LimitExceeded") && report.contains("tokenize_bytes"),
+        "{report}"
+    );
     let report = attack(&mut rt, "tokenize-specials 1048576 demo.gguf");
     let l = outcome(&report, "tokenize 1048572 bytes");
     assert!(l.contains("Ok(87381)"), "one control token each: {l}");

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use bittybot_host::gguf::{Array, Gguf, Value};
 use bittybot_host::hashing::hash_file;
+use bittybot_tests::{demo_model, model_file, temp_dir, workspace};
 use bittybot_tools::eval::EvalError;
 use bittybot_tools::imatrix::{self, ImatrixRequest};
 use bittybot_tools::quality::{self, QualityReport, QualityRequest};
 use bittybot_tools::quantize::{self, QuantType, QuantizeRequest};
-use bittybot_tests::{demo_model, model_file, temp_dir, workspace};
 
 fn text(split: &str, lang: &str) -> PathBuf {
     workspace().join("tools/data/text").join(split).join(format!("{lang}.txt"))
@@ -32,11 +32,23 @@ fn tiny() -> PathBuf {
     model_file("tiny-aya-cohere2-f16.gguf")
 }
 
-fn imatrix_req(model: PathBuf, texts: Vec<PathBuf>, out: PathBuf, n_ctx: u32, chunks: usize) -> ImatrixRequest {
+fn imatrix_req(
+    model: PathBuf,
+    texts: Vec<PathBuf>,
+    out: PathBuf,
+    n_ctx: u32,
+    chunks: usize,
+) -> ImatrixRequest {
     ImatrixRequest { model, texts, output: out, n_ctx, threads: 2, max_chunks: Some(chunks) }
 }
 
-fn quality_req(reference: PathBuf, model: PathBuf, texts: Vec<PathBuf>, base: PathBuf, n_ctx: u32) -> QualityRequest {
+fn quality_req(
+    reference: PathBuf,
+    model: PathBuf,
+    texts: Vec<PathBuf>,
+    base: PathBuf,
+    n_ctx: u32,
+) -> QualityRequest {
     QualityRequest { reference, model, texts, base, n_ctx, threads: 2 }
 }
 
@@ -79,7 +91,8 @@ fn the_imatrix_of_the_tiny_model_equals_the_activations_summed_from_its_weights(
     bittybot_host::llama::backend();
     let m = bittybot_host::llama::ffi::Model::load(tiny().to_str().unwrap(), true).unwrap().unwrap();
     let vocab = m.vocab();
-    let mut tokens = vocab.tokenize(&std::fs::read_to_string(text("calibration", "en")).unwrap(), false).unwrap();
+    let mut tokens =
+        vocab.tokenize(&std::fs::read_to_string(text("calibration", "en")).unwrap(), false).unwrap();
     if vocab.add_bos() {
         tokens.insert(0, vocab.bos().unwrap());
     }
@@ -162,8 +175,11 @@ fn a_model_against_itself_is_identical_and_bad_input_is_a_clear_error() {
     std::fs::write(&short, "Only a few words.").unwrap();
     let e = err(quality_req(demo_model(), demo_model(), vec![short.clone()], dir.path().join("b4.kld"), 128));
     assert!(e.to_string().contains("fewer than one chunk"), "{e}");
-    let e = imatrix::imatrix(&imatrix_req(demo_model(), vec![short], dir.path().join("x.gguf"), 128, 1), |_, _| {})
-        .unwrap_err();
+    let e = imatrix::imatrix(
+        &imatrix_req(demo_model(), vec![short], dir.path().join("x.gguf"), 128, 1),
+        |_, _| {},
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("fewer than one chunk"), "{e}");
 }
 
@@ -196,7 +212,9 @@ fn on_the_demo_model_an_importance_matrix_lowers_the_kl_divergence_on_held_out_t
     requantize(&demo_model(), &plain, None);
     requantize(&demo_model(), &weighted, Some(matrix));
     let base = dir.path().join("demo.kld");
-    let without = quality::quality(&quality_req(demo_model(), plain, eval.clone(), base.clone(), 256), |_, _, _| {}).unwrap();
+    let without =
+        quality::quality(&quality_req(demo_model(), plain, eval.clone(), base.clone(), 256), |_, _, _| {})
+            .unwrap();
     let with = quality::quality(&quality_req(demo_model(), weighted, eval, base, 256), |_, _, _| {}).unwrap();
     eprintln!("without: {}\nwith:    {}", show(&without), show(&with));
     assert!(

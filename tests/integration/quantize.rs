@@ -7,12 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use bittybot_host::hashing::hash_file;
-use bittybot_tools::quantize::{
-    self, Phase, Progress, QuantType, QuantizeError, QuantizeRequest, Quantized, inspect, manifest_path,
-};
 use bittybot_host::{LoadOptions, ModelSource, Runtime, SessionKind, SessionOptions, SetupState, VerifiedBy};
 use bittybot_tests::http::FileServer;
 use bittybot_tests::{model_file, options, runtime_with, temp_dir};
+use bittybot_tools::quantize::{
+    self, Phase, Progress, QuantType, QuantizeError, QuantizeRequest, Quantized, inspect, manifest_path,
+};
 
 fn tiny_f16() -> PathBuf {
     model_file("tiny-aya-cohere2-f16.gguf")

@@ -25,8 +25,25 @@ fn compare(model: &std::path::Path, specials_text: &[&str]) {
     let vocab = model.vocab();
     let specials = Specials::of(&vocab);
     let words = [
-        "Hello", " world", " ", "  ", "\n", "\n\n", "é", " 日本語", "<", ">", "|", "<|", "|>", "_TOKEN", " Привет", "🙂",
-        "ok.", "\t", "Translate to French:",
+        "Hello",
+        " world",
+        " ",
+        "  ",
+        "\n",
+        "\n\n",
+        "é",
+        " 日本語",
+        "<",
+        ">",
+        "|",
+        "<|",
+        "|>",
+        "_TOKEN",
+        " Привет",
+        "🙂",
+        "ok.",
+        "\t",
+        "Translate to French:",
     ];
     let mut rng = Lcg(20261202);
     let mut checked = 0;
@@ -51,7 +68,10 @@ fn compare(model: &std::path::Path, specials_text: &[&str]) {
 
 #[test]
 fn the_linear_split_matches_llama_cpp_on_smollm2() {
-    compare(&demo_model(), &["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<repo_name>", "<|im_start|>user\n"]);
+    compare(
+        &demo_model(),
+        &["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<repo_name>", "<|im_start|>user\n"],
+    );
 }
 
 #[test]

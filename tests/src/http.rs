@@ -142,7 +142,9 @@ fn serve(
         "/r1" => return out.write_all(redirect("/r2").as_bytes()),
         "/r2" => return out.write_all(redirect("/r3").as_bytes()),
         "/r3" => return out.write_all(redirect("/model.gguf").as_bytes()),
-        "/away" if away.is_some() => return out.write_all(redirect(away.as_deref().unwrap_or("/")).as_bytes()),
+        "/away" if away.is_some() => {
+            return out.write_all(redirect(away.as_deref().unwrap_or("/")).as_bytes());
+        }
         "/model.gguf" => {}
         _ => {
             return out

@@ -11,7 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bittybot_host::llama::ffi::{Batch, Context, ContextParams, EvalCallback, KvStorage, Model, Token, Vocab};
+use bittybot_host::llama::ffi::{
+    Batch, Context, ContextParams, EvalCallback, KvStorage, Model, Token, Vocab,
+};
 
 /// Tokens decoded per step (and logits rows held at once).
 pub const STEP: usize = 64;
@@ -72,7 +74,9 @@ pub fn load_model(path: &Path) -> Result<Arc<Model>, EvalError> {
     let s = path.to_str().ok_or_else(|| fail("the path is not UTF-8".into()))?;
     bittybot_host::gguf::Gguf::open(path).map_err(|e| fail(e.to_string()))?;
     let model = Model::load(s, true).map_err(fail)?;
-    let model = model.ok_or_else(|| fail(bittybot_host::llama::log::reason().unwrap_or_else(|| "llama.cpp cannot load it".into())))?;
+    let model = model.ok_or_else(|| {
+        fail(bittybot_host::llama::log::reason().unwrap_or_else(|| "llama.cpp cannot load it".into()))
+    })?;
     Ok(Arc::new(model))
 }
 
@@ -114,7 +118,12 @@ pub struct Evaluator {
 
 impl Evaluator {
     /// A context of one sequence of `n_ctx` tokens; `eval` sees every tensor computed.
-    pub fn new(model: Arc<Model>, n_ctx: u32, threads: u32, eval: Option<EvalCallback>) -> Result<Self, EvalError> {
+    pub fn new(
+        model: Arc<Model>,
+        n_ctx: u32,
+        threads: u32,
+        eval: Option<EvalCallback>,
+    ) -> Result<Self, EvalError> {
         let vocab = model.vocab();
         let bos = vocab.bos().filter(|_| vocab.add_bos());
         let params = ContextParams {
@@ -133,7 +142,12 @@ impl Evaluator {
 
     /// Evaluate one chunk from an empty cache; `row(i, logits)` gets the
     /// logits at each position `i >= first_out` (they predict token `i + 1`).
-    pub fn chunk(&mut self, tokens: &[Token], first_out: usize, mut row: impl FnMut(usize, &[f32])) -> Result<(), EvalError> {
+    pub fn chunk(
+        &mut self,
+        tokens: &[Token],
+        first_out: usize,
+        mut row: impl FnMut(usize, &[f32]),
+    ) -> Result<(), EvalError> {
         self.ctx.clear();
         for (step, part) in tokens.chunks(STEP).enumerate() {
             self.batch.clear();
@@ -149,8 +163,10 @@ impl Evaluator {
             }
             for k in (0..part.len()).filter(|k| base + k >= first_out) {
                 // llama.cpp takes the batch position and finds its output row.
-                let logits =
-                    self.ctx.logits(k as i32).ok_or_else(|| EvalError::Llama("no logits for an output row".into()))?;
+                let logits = self
+                    .ctx
+                    .logits(k as i32)
+                    .ok_or_else(|| EvalError::Llama("no logits for an output row".into()))?;
                 row(base + k, logits);
             }
         }

@@ -157,7 +157,10 @@ unsafe extern "C" fn callback(t: *mut sys::ggml_tensor, ask: bool, data: *mut c_
 }
 
 /// Evaluate `texts` with the model and collect its importance matrix.
-pub fn collect(req: &ImatrixRequest, mut progress: impl FnMut(usize, usize)) -> Result<(Collector, ImatrixReport), EvalError> {
+pub fn collect(
+    req: &ImatrixRequest,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(Collector, ImatrixReport), EvalError> {
     let model = eval::load_model(&req.model)?;
     let n_ctx = req.n_ctx as usize;
     let texts = eval::load_texts(&model.vocab(), &req.texts, n_ctx)?;
@@ -186,15 +189,29 @@ pub fn collect(req: &ImatrixRequest, mut progress: impl FnMut(usize, usize)) -> 
 }
 
 /// Write entries in llama.cpp's GGUF imatrix format.
-pub fn write(entries: &BTreeMap<String, Entry>, datasets: Vec<String>, chunks: usize, n_ctx: u32, out: &Path) -> Result<(), EvalError> {
+pub fn write(
+    entries: &BTreeMap<String, Entry>,
+    datasets: Vec<String>,
+    chunks: usize,
+    n_ctx: u32,
+    out: &Path,
+) -> Result<(), EvalError> {
     let mut w = Writer::new();
     w.kv("general.type", Value::Str("imatrix".into()));
     w.kv("imatrix.datasets", Value::Array(Array::Str(datasets)));
     w.kv("imatrix.chunk_count", Value::U32(chunks as u32));
     w.kv("imatrix.chunk_size", Value::U32(n_ctx));
     for (name, e) in entries {
-        w.tensor_f32(&format!("{name}.in_sum2"), &[e.ne0 as u64, e.n_mat as u64], e.sums.iter().map(|&s| s as f32).collect());
-        w.tensor_f32(&format!("{name}.counts"), &[1, e.n_mat as u64], e.counts.iter().map(|&c| c as f32).collect());
+        w.tensor_f32(
+            &format!("{name}.in_sum2"),
+            &[e.ne0 as u64, e.n_mat as u64],
+            e.sums.iter().map(|&s| s as f32).collect(),
+        );
+        w.tensor_f32(
+            &format!("{name}.counts"),
+            &[1, e.n_mat as u64],
+            e.counts.iter().map(|&c| c as f32).collect(),
+        );
     }
     let io = |e: std::io::Error| EvalError::Io(format!("{}: {e}", out.display()));
     let tmp = out.with_extension("tmp");
@@ -208,7 +225,8 @@ pub fn write(entries: &BTreeMap<String, Entry>, datasets: Vec<String>, chunks: u
 /// Compute and write the importance matrix of `req`.
 pub fn imatrix(req: &ImatrixRequest, progress: impl FnMut(usize, usize)) -> Result<ImatrixReport, EvalError> {
     let (collector, report) = collect(req, progress)?;
-    let datasets = req.texts.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+    let datasets =
+        req.texts.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
     write(&collector.into_entries(), datasets, report.chunks, req.n_ctx, &req.output)?;
     Ok(report)
 }

@@ -5,8 +5,8 @@
 //! is built on them and on `bittybot-host`.
 
 pub mod bench;
-pub mod quantize;
 pub mod eval;
 pub mod imatrix;
-pub mod quality;
 pub mod phone;
+pub mod quality;
+pub mod quantize;

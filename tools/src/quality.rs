@@ -199,9 +199,15 @@ impl Acc {
             kld_mean: Est { value: kld, se: kld_se },
             kld_median: percentile(&sorted, 0.5),
             kld_p99: percentile(&sorted, 0.99),
-            same_top_pct: Est { value: 100.0 * p, se: 100.0 * (p * (1.0 - p) / (self.n as f64 - 1.0).max(1.0)).sqrt() },
+            same_top_pct: Est {
+                value: 100.0 * p,
+                se: 100.0 * (p * (1.0 - p) / (self.n as f64 - 1.0).max(1.0)).sqrt(),
+            },
             dp_mean_pct: Est { value: 100.0 * dp, se: 100.0 * dp_se },
-            dp_rms_pct: Est { value: 100.0 * rms, se: 100.0 * if rms > 0.0 { 0.5 / rms * dp2_se } else { 0.0 } },
+            dp_rms_pct: Est {
+                value: 100.0 * rms,
+                se: 100.0 * if rms > 0.0 { 0.5 / rms * dp2_se } else { 0.0 },
+            },
         }
     }
 }
@@ -246,7 +252,8 @@ fn score(record: &[u8], z: &[f32], target: Token) -> (f64, f64, f64, bool) {
     let (scale, min_log_prob) = (f(0), f(4));
     let q = |i: usize| u16::from_le_bytes([record[8 + 2 * i], record[9 + 2 * i]]);
     let (max, lse) = log_sum_exp(z);
-    let (mut kld, mut best_p, mut best_i, mut best_z, mut best_zi) = (0.0f64, f32::NEG_INFINITY, 0, f32::NEG_INFINITY, 0);
+    let (mut kld, mut best_p, mut best_i, mut best_z, mut best_zi) =
+        (0.0f64, f32::NEG_INFINITY, 0, f32::NEG_INFINITY, 0);
     for (i, &zi) in z.iter().enumerate() {
         let log_p = scale * f32::from(q(i)) + min_log_prob;
         if log_p > best_p {
@@ -293,7 +300,13 @@ fn file_name(p: &Path) -> String {
 }
 
 /// The reference pass: every text's chunks, their distributions into the base file.
-fn write_base(req: &QualityRequest, info: &BaseInfo, texts: &[Text], model: std::sync::Arc<Model>, progress: &mut impl FnMut(&str, usize, usize)) -> Result<(), EvalError> {
+fn write_base(
+    req: &QualityRequest,
+    info: &BaseInfo,
+    texts: &[Text],
+    model: std::sync::Arc<Model>,
+    progress: &mut impl FnMut(&str, usize, usize),
+) -> Result<(), EvalError> {
     let n_ctx = req.n_ctx as usize;
     let first = n_ctx / 2;
     let tmp = req.base.with_extension("part");
@@ -337,7 +350,10 @@ fn write_base(req: &QualityRequest, info: &BaseInfo, texts: &[Text], model: std:
 }
 
 /// Measure `req.model` against `req.reference` on `req.texts`.
-pub fn quality(req: &QualityRequest, mut progress: impl FnMut(&str, usize, usize)) -> Result<QualityReport, EvalError> {
+pub fn quality(
+    req: &QualityRequest,
+    mut progress: impl FnMut(&str, usize, usize),
+) -> Result<QualityReport, EvalError> {
     let n_ctx = req.n_ctx as usize;
     let reference = eval::load_model(&req.reference)?;
     let texts = eval::load_texts(&reference.vocab(), &req.texts, n_ctx)?;

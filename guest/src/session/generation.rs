@@ -171,7 +171,11 @@ impl<S: Sampler> Generation<S> {
     /// is to be saved). Evicted model pages come back through a background
     /// pass alongside, so decoding waits only for pages the pass has not
     /// reached yet instead of faulting them in one by one.
-    fn evaluate_prompt<H: Host>(&mut self, session: &mut Session, env: &mut Env<'_, H>) -> Result<(), InferenceError> {
+    fn evaluate_prompt<H: Host>(
+        &mut self,
+        session: &mut Session,
+        env: &mut Env<'_, H>,
+    ) -> Result<(), InferenceError> {
         let host = env.host;
         self.residency = env.pages.residency(host).unwrap_or(1.0);
         if self.rewarm && self.residency < REWARM_BELOW {

@@ -199,7 +199,11 @@ impl Session {
 
     /// Start a reply to `text`. The prompt is fitted and the KV prepared here;
     /// evaluation happens in the generation's first `next`.
-    pub fn send<H: Host>(&mut self, env: &mut Env<'_, H>, text: &str) -> Result<Generation<H::Sampler>, AppError> {
+    pub fn send<H: Host>(
+        &mut self,
+        env: &mut Env<'_, H>,
+        text: &str,
+    ) -> Result<Generation<H::Sampler>, AppError> {
         if env.current_load != Some(self.profile.load_id) {
             return Err(AppError::NotReady);
         }

@@ -6,7 +6,9 @@ use crate::app::App;
 use crate::host::{Engine, ModelSource, Root};
 use crate::session::Session;
 use crate::testing::FakeHost;
-use crate::wit::app::{AppError, GenerationStats, LoadOptions, SessionKind, SessionOptions as Patch, StopReason};
+use crate::wit::app::{
+    AppError, GenerationStats, LoadOptions, SessionKind, SessionOptions as Patch, StopReason,
+};
 
 fn load_options(n_ctx: u32) -> LoadOptions {
     LoadOptions {
@@ -50,7 +52,12 @@ fn open(app: &mut App<FakeHost>, host: &FakeHost, kind: SessionKind, p: Patch) -
 }
 
 /// One turn: the chunks as the app receives them, and the figures.
-fn turn(app: &mut App<FakeHost>, host: &FakeHost, s: &mut Session, text: &str) -> (Vec<String>, GenerationStats) {
+fn turn(
+    app: &mut App<FakeHost>,
+    host: &FakeHost,
+    s: &mut Session,
+    text: &str,
+) -> (Vec<String>, GenerationStats) {
     let mut env = app.env(host);
     let mut g = s.send(&mut env, text).unwrap();
     let mut chunks = Vec::new();
@@ -172,7 +179,10 @@ fn chat_and_translation_keep_their_own_history_and_kv() {
     p.system_prompt = None;
     let mut tr = open(&mut app, &host, SessionKind::Translation, p);
     assert_ne!(chat.seq(), tr.seq());
-    assert!(matches!(tr.send(&mut app.env(&host), "Hi").err(), Some(AppError::InvalidArgument(_))), "no pair yet");
+    assert!(
+        matches!(tr.send(&mut app.env(&host), "Hi").err(), Some(AppError::InvalidArgument(_))),
+        "no pair yet"
+    );
     tr.set_languages(Some("en"), "fr").unwrap();
     host.script(&["Hello!", " \"Bonjour\"\n", "Again."]);
     turn(&mut app, &host, &mut chat, "Hi");

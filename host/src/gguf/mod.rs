@@ -29,9 +29,9 @@ use llama_cpp_sys_2 as sys;
 
 mod validate;
 use validate::per_layer;
-mod writer;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 pub use writer::Writer;
 
@@ -287,11 +287,16 @@ impl<R: Read> Src<'_, R> {
 
     fn bytes(&mut self, n: u64, what: &str) -> Result<Vec<u8>, GgufError> {
         if n > self.remaining() {
-            return Err(GgufError::Truncated(format!("{what} needs {n} bytes at offset {}, the file has {}", self.pos, self.size)));
+            return Err(GgufError::Truncated(format!(
+                "{what} needs {n} bytes at offset {}, the file has {}",
+                self.pos, self.size
+            )));
         }
         let mut buf = vec![0; n as usize];
         self.r.read_exact(&mut buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => GgufError::Truncated(format!("{what} at offset {}", self.pos)),
+            std::io::ErrorKind::UnexpectedEof => {
+                GgufError::Truncated(format!("{what} at offset {}", self.pos))
+            }
             _ => GgufError::Io(e.to_string()),
         })?;
         self.pos += n;
@@ -313,7 +318,10 @@ impl<R: Read> Src<'_, R> {
 
     fn charge(&mut self, bytes: u64) -> Result<(), GgufError> {
         self.budget = self.budget.checked_sub(bytes).ok_or_else(|| {
-            GgufError::Unsupported(format!("the metadata would take more than {} MiB of memory", METADATA_BUDGET >> 20))
+            GgufError::Unsupported(format!(
+                "the metadata would take more than {} MiB of memory",
+                METADATA_BUDGET >> 20
+            ))
         })?;
         Ok(())
     }
@@ -375,7 +383,11 @@ impl<R: Read> Src<'_, R> {
         let raw = self.bytes(n * elem, what)?;
         macro_rules! each {
             ($t:ty, $variant:ident) => {
-                Array::$variant(raw.chunks_exact(elem as usize).map(|b| <$t>::from_le_bytes(b.try_into().expect("size"))).collect())
+                Array::$variant(
+                    raw.chunks_exact(elem as usize)
+                        .map(|b| <$t>::from_le_bytes(b.try_into().expect("size")))
+                        .collect(),
+                )
             };
         }
         Ok(match code {
@@ -408,7 +420,9 @@ fn tensor_bytes(ggml_type: u32, dims: &[u64]) -> Result<u64, String> {
         return Err(format!("type {ggml_type} is not a ggml type"));
     }
     // SAFETY: the type is in range, so ggml's trait table has an entry.
-    let (blck, size) = unsafe { (sys::ggml_blck_size(ggml_type as sys::ggml_type), sys::ggml_type_size(ggml_type as sys::ggml_type)) };
+    let (blck, size) = unsafe {
+        (sys::ggml_blck_size(ggml_type as sys::ggml_type), sys::ggml_type_size(ggml_type as sys::ggml_type))
+    };
     if blck <= 0 {
         return Err(format!("type {ggml_type} was removed from ggml"));
     }
@@ -460,7 +474,9 @@ impl Gguf {
         let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some((_, Value::U32(a))) if *a != 0 && a.is_power_of_two() => u64::from(*a),
-            Some((_, v)) => return Err(malformed(format!("general.alignment {v:?} is not a power of two (u32)"))),
+            Some((_, v)) => {
+                return Err(malformed(format!("general.alignment {v:?} is not a power of two (u32)")));
+            }
         };
         let mut tensors = Vec::with_capacity(n_tensors as usize);
         let mut names = HashSet::new();
@@ -468,7 +484,9 @@ impl Gguf {
         for i in 0..n_tensors {
             let name = src.string(&format!("tensor {i}'s name"))?;
             if name.len() > MAX_NAME || name.contains('\0') {
-                return Err(malformed(format!("tensor name `{name}` is longer than {MAX_NAME} bytes or holds NUL")));
+                return Err(malformed(format!(
+                    "tensor name `{name}` is longer than {MAX_NAME} bytes or holds NUL"
+                )));
             }
             if !names.insert(name.clone()) {
                 return Err(malformed(format!("tensor `{name}` appears twice")));
@@ -480,17 +498,24 @@ impl Gguf {
             let dims = (0..n_dims).map(|_| src.u64(&name)).collect::<Result<Vec<_>, _>>()?;
             let ggml_type = src.u32(&name)?;
             let offset = src.u64(&name)?;
-            let bytes = tensor_bytes(ggml_type, &dims).map_err(|e| malformed(format!("tensor `{name}`: {e}")))?;
+            let bytes =
+                tensor_bytes(ggml_type, &dims).map_err(|e| malformed(format!("tensor `{name}`: {e}")))?;
             if offset != next {
-                return Err(malformed(format!("tensor `{name}` starts at {offset}, not at {next} where the previous one ends")));
+                return Err(malformed(format!(
+                    "tensor `{name}` starts at {offset}, not at {next} where the previous one ends"
+                )));
             }
-            next = pad(offset.checked_add(bytes).ok_or_else(|| malformed("tensor offsets overflow"))?, alignment)
-                .ok_or_else(|| malformed("tensor offsets overflow"))?;
+            next = pad(
+                offset.checked_add(bytes).ok_or_else(|| malformed("tensor offsets overflow"))?,
+                alignment,
+            )
+            .ok_or_else(|| malformed("tensor offsets overflow"))?;
             tensors.push(TensorInfo { name, dims, ggml_type, offset, size: bytes });
         }
         let data_offset = pad(src.pos, alignment).ok_or_else(|| malformed("the data offset overflows"))?;
         for t in &mut tensors {
-            t.offset = data_offset.checked_add(t.offset).ok_or_else(|| malformed("tensor offsets overflow"))?;
+            t.offset =
+                data_offset.checked_add(t.offset).ok_or_else(|| malformed("tensor offsets overflow"))?;
             if t.offset.checked_add(t.size).is_none_or(|end| end > size) {
                 return Err(GgufError::Truncated(format!(
                     "tensor `{}` ends at {}, the file has {size} bytes",
@@ -557,7 +582,8 @@ impl Gguf {
 
     /// The model's shape from its metadata (checked by [`Gguf::validate_model`]).
     pub fn shape(&self) -> Result<ModelShape, GgufError> {
-        let arch = self.architecture().ok_or_else(|| GgufError::Unsupported("no general.architecture".into()))?;
+        let arch =
+            self.architecture().ok_or_else(|| GgufError::Unsupported("no general.architecture".into()))?;
         let key = |k: &str| format!("{arch}.{k}");
         let need = |k: &str| -> Result<u32, GgufError> {
             match self.get(&key(k)) {
@@ -569,8 +595,10 @@ impl Gguf {
         let n_layer = need("block_count")?;
         let n_embd = need("embedding_length")?;
         let n_ctx_train = need("context_length")?;
-        let n_head = per_layer(self, &key("attention.head_count"), n_layer)?.map_or(0, |v| v.into_iter().max().unwrap_or(0));
-        let n_head_kv = per_layer(self, &key("attention.head_count_kv"), n_layer)?.map_or(n_head, |v| v.into_iter().max().unwrap_or(0));
+        let n_head = per_layer(self, &key("attention.head_count"), n_layer)?
+            .map_or(0, |v| v.into_iter().max().unwrap_or(0));
+        let n_head_kv = per_layer(self, &key("attention.head_count_kv"), n_layer)?
+            .map_or(n_head, |v| v.into_iter().max().unwrap_or(0));
         let head_dim = match self.get(&key("attention.key_length")) {
             Some(Value::U32(v)) => *v,
             _ => n_embd.checked_div(n_head).unwrap_or(0),
@@ -589,4 +617,3 @@ impl Gguf {
         })
     }
 }
-

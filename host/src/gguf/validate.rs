@@ -14,7 +14,10 @@ impl Gguf {
             return unsupported("no general.architecture (string)".into());
         };
         if !architectures.contains(&arch) {
-            return unsupported(format!("architecture `{arch}` (this host runs {})", architectures.join(", ")));
+            return unsupported(format!(
+                "architecture `{arch}` (this host runs {})",
+                architectures.join(", ")
+            ));
         }
         let s = self.shape()?;
         if s.n_layer == 0 || u64::from(s.n_layer) > MAX_LAYERS {
@@ -25,7 +28,8 @@ impl Gguf {
         }
         let heads = per_layer(self, &format!("{arch}.attention.head_count"), s.n_layer)?;
         let heads = heads.ok_or_else(|| GgufError::Unsupported(format!("no {arch}.attention.head_count")))?;
-        let kv = per_layer(self, &format!("{arch}.attention.head_count_kv"), s.n_layer)?.unwrap_or_else(|| heads.clone());
+        let kv = per_layer(self, &format!("{arch}.attention.head_count_kv"), s.n_layer)?
+            .unwrap_or_else(|| heads.clone());
         for (l, (&h, &k)) in heads.iter().zip(&kv).enumerate() {
             if h == 0 || k == 0 || h % k != 0 {
                 return unsupported(format!("layer {l} has {h} heads and {k} key-value heads"));
@@ -34,13 +38,19 @@ impl Gguf {
         for (k, want) in TYPED_KEYS {
             if let Some(v) = self.get(&k.replace("{arch}", arch)) {
                 if v.type_name() != *want {
-                    return unsupported(format!("{} is {}, llama.cpp needs {want}", k.replace("{arch}", arch), v.type_name()));
+                    return unsupported(format!(
+                        "{} is {}, llama.cpp needs {want}",
+                        k.replace("{arch}", arch),
+                        v.type_name()
+                    ));
                 }
             }
         }
         for k in ["expert_count", "expert_used_count", "nextn_predict_layers"] {
             if self.uint(&format!("{arch}.{k}")).is_some_and(|n| n != 0) {
-                return unsupported(format!("{arch}.{k} (mixture-of-experts and multi-token heads are not run here)"));
+                return unsupported(format!(
+                    "{arch}.{k} (mixture-of-experts and multi-token heads are not run here)"
+                ));
             }
         }
         if let Some(t) = self.str(&format!("{arch}.rope.scaling.type")) {
@@ -57,7 +67,11 @@ impl Gguf {
         let (default_bos, default_add_bos) = match model {
             "llama" => (1, true),
             "gpt2" => (11, false),
-            _ => return unsupported(format!("tokenizer `{model}` (this host runs llama and gpt2 vocabularies)")),
+            _ => {
+                return unsupported(format!(
+                    "tokenizer `{model}` (this host runs llama and gpt2 vocabularies)"
+                ));
+            }
         };
         let Some(Value::Array(Array::Str(tokens))) = self.get("tokenizer.ggml.tokens") else {
             return unsupported("no tokenizer.ggml.tokens (array of strings)".into());
@@ -69,20 +83,33 @@ impl Gguf {
         // token strings are distinct.
         let mut seen: HashMap<std::borrow::Cow<'_, str>, usize> = HashMap::with_capacity(tokens.len());
         for (i, t) in tokens.iter().enumerate() {
-            let t = if t.is_empty() { format!("[EMPTY_{i}]").into() } else { std::borrow::Cow::Borrowed(t.as_str()) };
+            let t = if t.is_empty() {
+                format!("[EMPTY_{i}]").into()
+            } else {
+                std::borrow::Cow::Borrowed(t.as_str())
+            };
             if let Some(first) = seen.insert(t.clone(), i) {
                 return unsupported(format!("tokens {first} and {i} are both `{t}`"));
             }
         }
         let n = tokens.len() as u64;
-        for (k, elems) in [("tokenizer.ggml.scores", &["f32", "i32"][..]), ("tokenizer.ggml.token_type", &["i32"][..])] {
+        for (k, elems) in
+            [("tokenizer.ggml.scores", &["f32", "i32"][..]), ("tokenizer.ggml.token_type", &["i32"][..])]
+        {
             match self.get(k) {
                 None => {}
                 Some(Value::Array(a)) if elems.contains(&a.type_name()) && a.len() as u64 >= n => {}
-                Some(v) => return unsupported(format!("{k} is {} of {:?} elements, for {n} tokens", v.type_name(), self.array_len(k))),
+                Some(v) => {
+                    return unsupported(format!(
+                        "{k} is {} of {:?} elements, for {n} tokens",
+                        v.type_name(),
+                        self.array_len(k)
+                    ));
+                }
             }
         }
-        if model == "gpt2" && !matches!(self.get("tokenizer.ggml.merges"), Some(Value::Array(Array::Str(_)))) {
+        if model == "gpt2" && !matches!(self.get("tokenizer.ggml.merges"), Some(Value::Array(Array::Str(_))))
+        {
             return unsupported("a BPE vocabulary without tokenizer.ggml.merges".into());
         }
         for special in ["bos", "eos", "eot", "eom", "unknown", "seperator", "padding", "mask"] {
@@ -106,7 +133,9 @@ impl Gguf {
         if add("tokenizer.ggml.add_eos_token", false)? {
             match self.uint("tokenizer.ggml.eos_token_id") {
                 Some(eos) if eos < n => {}
-                eos => return unsupported(format!("the model adds EOS token {eos:?}, outside its {n} tokens")),
+                eos => {
+                    return unsupported(format!("the model adds EOS token {eos:?}, outside its {n} tokens"));
+                }
             }
         }
         for name in ["token_embd.weight", "output.weight"] {
@@ -154,9 +183,11 @@ pub(super) fn per_layer(g: &Gguf, key: &str, n_layer: u32) -> Result<Option<Vec<
             if v.len() != n_layer as usize {
                 return Err(bad(format!("has {} entries for {n_layer} layers", v.len())));
             }
-            v.into_iter().map(|x| u32::try_from(x).map_err(|_| bad(format!("holds {x}")))).collect::<Result<_, _>>().map(Some)
+            v.into_iter()
+                .map(|x| u32::try_from(x).map_err(|_| bad(format!("holds {x}"))))
+                .collect::<Result<_, _>>()
+                .map(Some)
         }
         Some(v) => Err(bad(format!("is {}, not u32", v.type_name()))),
     }
 }
-

@@ -110,4 +110,3 @@ impl Writer {
         w.write_all(&out)
     }
 }
-

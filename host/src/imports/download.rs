@@ -31,7 +31,13 @@ pub struct DownloadCtx {
 
 impl DownloadCtx {
     /// A context over the guest's folders.
-    pub fn new(folders: Folders, limits: Limits, policy: NetworkPolicy, cancel: AbortFlag, clock: CallClock) -> Self {
+    pub fn new(
+        folders: Folders,
+        limits: Limits,
+        policy: NetworkPolicy,
+        cancel: AbortFlag,
+        clock: CallClock,
+    ) -> Self {
         DownloadCtx { folders, limits, policy, cancel, clock, table: ResourceTable::new(), live: 0 }
     }
 
@@ -46,7 +52,12 @@ impl DownloadCtx {
         let have = models.stat(&req.dest.name)?.map_or(0, |s| s.size);
         models.check_quota(req.expected_size.saturating_sub(have), 0)?;
         let part = models.open_append(&req.dest.name)?;
-        Ok(DownloadRequest { url: req.url, part, expected_size: req.expected_size, policy: self.policy.clone() })
+        Ok(DownloadRequest {
+            url: req.url,
+            part,
+            expected_size: req.expected_size,
+            policy: self.policy.clone(),
+        })
     }
 }
 
@@ -61,21 +72,30 @@ impl wit::HostTransfer for DownloadCtx {
             match self.prepare(req) {
                 Err(e) => Job::finished(download::Progress::default(), Err(e)),
                 Ok(request) => {
-                    let spawned = Job::spawn("download", download::Progress::default(), Some(self.cancel.clone()), move |ctx| {
-                        download::run(request, ctx).map(|f| Finished {
-                            bytes: f.bytes,
-                            sha256: f.sha256,
-                            resumed_from: f.resumed_from,
-                            restarted: f.restarted,
-                        })
-                        .map_err(DownloadError::from)
-                    });
+                    let spawned = Job::spawn(
+                        "download",
+                        download::Progress::default(),
+                        Some(self.cancel.clone()),
+                        move |ctx| {
+                            download::run(request, ctx)
+                                .map(|f| Finished {
+                                    bytes: f.bytes,
+                                    sha256: f.sha256,
+                                    resumed_from: f.resumed_from,
+                                    restarted: f.restarted,
+                                })
+                                .map_err(DownloadError::from)
+                        },
+                    );
                     match spawned {
                         Ok(job) => {
                             self.live += 1;
                             job
                         }
-                        Err(e) => Job::finished(download::Progress::default(), Err(DownloadError::Io(e.to_string()))),
+                        Err(e) => Job::finished(
+                            download::Progress::default(),
+                            Err(DownloadError::Io(e.to_string())),
+                        ),
                     }
                 }
             }
@@ -87,9 +107,11 @@ impl wit::HostTransfer for DownloadCtx {
         let wait = self.clock.clamp_wait(Duration::from_millis(timeout_ms.into()), self.limits.wait);
         let job = self.table.get(&this).map_err(|e| DownloadError::Io(e.to_string()))?;
         match job.wait(wait) {
-            Poll::Running(p) => {
-                Ok(TransferState::Running(Progress { done: p.done, total: p.total, resumed_from: p.resumed_from }))
-            }
+            Poll::Running(p) => Ok(TransferState::Running(Progress {
+                done: p.done,
+                total: p.total,
+                resumed_from: p.resumed_from,
+            })),
             Poll::Done(r) => r.map(TransferState::Finished),
         }
     }

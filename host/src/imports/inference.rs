@@ -59,7 +59,13 @@ fn load_failed(name: &str, reason: impl std::fmt::Display) -> InferenceError {
 
 impl InferenceCtx {
     /// A context with no model loaded.
-    pub fn new(thread: InferenceThread, folders: Folders, limits: Limits, cancel: AbortFlag, clock: CallClock) -> Self {
+    pub fn new(
+        thread: InferenceThread,
+        folders: Folders,
+        limits: Limits,
+        cancel: AbortFlag,
+        clock: CallClock,
+    ) -> Self {
         InferenceCtx { thread, loaded: None, folders, limits, cancel, clock, table: ResourceTable::new() }
     }
 
@@ -110,7 +116,8 @@ impl InferenceCtx {
     fn open_checked(&self, source: &ModelSource) -> Result<(ModelFile, Gguf), InferenceError> {
         let mut m = self.folders.open_model(source)?;
         let size = m.file.metadata().map_err(|e| load_failed(&m.name, e.kind()))?.len();
-        let gguf = Gguf::read(&mut std::io::BufReader::new(&mut m.file), size).map_err(|e| load_failed(&m.name, e))?;
+        let gguf = Gguf::read(&mut std::io::BufReader::new(&mut m.file), size)
+            .map_err(|e| load_failed(&m.name, e))?;
         let archs: Vec<&str> = self.limits.architectures.iter().map(String::as_str).collect();
         gguf.validate_model(&archs).map_err(|e| load_failed(&m.name, e))?;
         Ok((m, gguf))
@@ -188,7 +195,10 @@ impl wit::Host for InferenceCtx {
                     crate::llama::log::clear();
                     let fail = |reason: String| LlamaError::Load { name: name.clone(), reason };
                     let model = Model::load(&path, s.use_mmap).map_err(fail)?.ok_or_else(|| {
-                        fail(crate::llama::log::reason().unwrap_or_else(|| "llama.cpp refused the file".into()))
+                        fail(
+                            crate::llama::log::reason()
+                                .unwrap_or_else(|| "llama.cpp refused the file".into()),
+                        )
                     })?;
                     let model = Arc::new(model);
                     st.ctx = Some(ModelContext::new(model.clone(), &s, &limits, &cancel).map_err(fail)?);
@@ -200,7 +210,8 @@ impl wit::Host for InferenceCtx {
             let (n_ctx, n_batch) = shape.ok_or(InferenceError::NoModel)?;
             let info = Self::model_info(&m, &model, &gguf, LoadSettings { n_ctx, n_batch, ..s });
             let specials = Specials::of(&model.vocab());
-            self.loaded = Some(Loaded { model, specials, info: info.clone(), host_path: m.host_path, _in_use: in_use });
+            self.loaded =
+                Some(Loaded { model, specials, info: info.clone(), host_path: m.host_path, _in_use: in_use });
             Ok(info)
         })
     }
@@ -218,7 +229,9 @@ impl wit::Host for InferenceCtx {
             )));
         }
         let l = self.loaded()?;
-        self.clock.work(|| l.specials.tokenize(&l.model.vocab(), &text, parse_special)).map_err(InferenceError::InvalidArgument)
+        self.clock
+            .work(|| l.specials.tokenize(&l.model.vocab(), &text, parse_special))
+            .map_err(InferenceError::InvalidArgument)
     }
 
     fn token_bytes(&mut self, token: i32, special: bool) -> Vec<u8> {
@@ -237,7 +250,9 @@ impl wit::Host for InferenceCtx {
     }
 
     fn decode(&mut self, seq: u32, tokens: Vec<i32>) -> Result<(), InferenceError> {
-        self.clock.work(|| self.thread.call(move |st| st.loaded()?.decode(seq, &tokens)).and_then(|r| r)).map_err(Into::into)
+        self.clock
+            .work(|| self.thread.call(move |st| st.loaded()?.decode(seq, &tokens)).and_then(|r| r))
+            .map_err(Into::into)
     }
 
     fn kv_len(&mut self, seq: u32) -> u32 {
@@ -249,14 +264,22 @@ impl wit::Host for InferenceCtx {
     }
 
     fn kv_remove(&mut self, seq: u32, p0: u32, p1: Option<u32>) -> bool {
-        self.thread.call(move |st| st.loaded().and_then(|c| c.kv_remove(seq, p0, p1))).and_then(|r| r).unwrap_or(false)
+        self.thread
+            .call(move |st| st.loaded().and_then(|c| c.kv_remove(seq, p0, p1)))
+            .and_then(|r| r)
+            .unwrap_or(false)
     }
 
     fn kv_shift(&mut self, seq: u32, p0: u32, p1: Option<u32>, delta: i32) {
         let _ = self.thread.call(move |st| st.loaded().and_then(|c| c.kv_shift(seq, p0, p1, delta)));
     }
 
-    fn state_save(&mut self, seq: u32, file: FileRef, tokens: Vec<i32>) -> Result<wit::SavedState, InferenceError> {
+    fn state_save(
+        &mut self,
+        seq: u32,
+        file: FileRef,
+        tokens: Vec<i32>,
+    ) -> Result<wit::SavedState, InferenceError> {
         if file.root != Root::State {
             return Err(InferenceError::InvalidArgument("states are saved in the state folder".into()));
         }
@@ -283,7 +306,12 @@ impl wit::Host for InferenceCtx {
         })
     }
 
-    fn state_load(&mut self, seq: u32, file: FileRef, sha256: Option<String>) -> Result<Vec<i32>, InferenceError> {
+    fn state_load(
+        &mut self,
+        seq: u32,
+        file: FileRef,
+        sha256: Option<String>,
+    ) -> Result<Vec<i32>, InferenceError> {
         if file.root != Root::State {
             return Err(InferenceError::InvalidArgument("states are loaded from the state folder".into()));
         }
@@ -296,7 +324,9 @@ impl wit::Host for InferenceCtx {
                     "{name} is damaged (checksum mismatch)"
                 ))));
             }
-            let saved = StateFile::parse(&bytes).map_err(|e| InferenceError::File(crate::bindings::types::FileError::Io(format!("{name}: {e}"))))?;
+            let saved = StateFile::parse(&bytes).map_err(|e| {
+                InferenceError::File(crate::bindings::types::FileError::Io(format!("{name}: {e}")))
+            })?;
             self.thread
                 .call(move |st| {
                     let ctx = st.loaded()?;
@@ -346,7 +376,9 @@ impl wit::HostSampler for InferenceCtx {
                 self.thread.call(move |st| {
                     let ctx = st.ctx.as_ref().ok_or(LlamaError::NoModel)?;
                     if !ctx.has_logits {
-                        return Err(LlamaError::InvalidArgument("nothing to sample from: decode a token first".into()));
+                        return Err(LlamaError::InvalidArgument(
+                            "nothing to sample from: decode a token first".into(),
+                        ));
                     }
                     st.objects.chain(id)?.sample(ctx.context(), -1).map_err(LlamaError::Decode)
                 })

@@ -30,19 +30,28 @@ pub struct ModelContext {
 
 impl ModelContext {
     /// Create the context for a loaded model, within the host's limits.
-    pub fn new(model: Arc<Model>, s: &LoadSettings, limits: &Limits, abort: &AbortFlag) -> Result<Self, String> {
+    pub fn new(
+        model: Arc<Model>,
+        s: &LoadSettings,
+        limits: &Limits,
+        abort: &AbortFlag,
+    ) -> Result<Self, String> {
         if s.n_ctx < 16 {
             return Err(format!("n-ctx {} is below 16", s.n_ctx));
         }
         if s.n_seq_max == 0 || s.n_seq_max > limits.sequences {
-            return Err(format!("n-seq-max {} is outside 1..={} (limit `sequences`)", s.n_seq_max, limits.sequences));
+            return Err(format!(
+                "n-seq-max {} is outside 1..={} (limit `sequences`)",
+                s.n_seq_max, limits.sequences
+            ));
         }
-        let total = s.n_ctx.checked_mul(s.n_seq_max).filter(|&t| t <= limits.context_tokens).ok_or_else(|| {
-            format!(
-                "a context of {} × {} tokens exceeds the limit `context_tokens` ({})",
-                s.n_ctx, s.n_seq_max, limits.context_tokens
-            )
-        })?;
+        let total =
+            s.n_ctx.checked_mul(s.n_seq_max).filter(|&t| t <= limits.context_tokens).ok_or_else(|| {
+                format!(
+                    "a context of {} × {} tokens exceeds the limit `context_tokens` ({})",
+                    s.n_ctx, s.n_seq_max, limits.context_tokens
+                )
+            })?;
         if s.n_batch == 0 || s.n_batch > MAX_BATCH {
             return Err(format!("n-batch {} is outside 1..={MAX_BATCH}", s.n_batch));
         }
@@ -65,8 +74,7 @@ impl ModelContext {
         };
         let n_vocab = model.vocab().n_tokens();
         log::clear();
-        let ctx = Context::new(model, &params, Some(abort), None)
-            .map_err(|e| log::reason().unwrap_or(e))?;
+        let ctx = Context::new(model, &params, Some(abort), None).map_err(|e| log::reason().unwrap_or(e))?;
         Ok(ModelContext {
             n_ctx_seq: ctx.n_ctx() / s.n_seq_max,
             n_batch: ctx.n_batch(),
@@ -102,7 +110,10 @@ impl ModelContext {
         if seq < self.n_seq {
             Ok(seq as i32)
         } else {
-            Err(LlamaError::InvalidArgument(format!("sequence {seq} does not exist (the context has {})", self.n_seq)))
+            Err(LlamaError::InvalidArgument(format!(
+                "sequence {seq} does not exist (the context has {})",
+                self.n_seq
+            )))
         }
     }
 
@@ -155,7 +166,9 @@ impl ModelContext {
                 }
                 2 => return Err(LlamaError::Cancelled),
                 code => {
-                    return Err(LlamaError::Decode(log::reason().unwrap_or_else(|| format!("llama_decode returned {code}"))));
+                    return Err(LlamaError::Decode(
+                        log::reason().unwrap_or_else(|| format!("llama_decode returned {code}")),
+                    ));
                 }
             }
         }
@@ -211,7 +224,9 @@ impl ModelContext {
 /// Check every token id is in a vocabulary of `n_vocab` tokens.
 pub fn check_tokens(tokens: &[i32], n_vocab: i32) -> Result<(), LlamaError> {
     match tokens.iter().find(|&&t| t < 0 || t >= n_vocab) {
-        Some(bad) => Err(LlamaError::InvalidArgument(format!("token {bad} is not in the vocabulary (0..{n_vocab})"))),
+        Some(bad) => {
+            Err(LlamaError::InvalidArgument(format!("token {bad} is not in the vocabulary (0..{n_vocab})")))
+        }
         None => Ok(()),
     }
 }

@@ -112,7 +112,10 @@ impl HostObjects {
     /// Keep a chain costing `bytes`; its id.
     pub fn add_chain(&mut self, chain: Chain, bytes: u64) -> Result<u32, LlamaError> {
         if self.chains.len() >= self.limits.samplers {
-            return Err(LlamaError::Limit(format!("more than {} live samplers (limit `samplers`)", self.limits.samplers)));
+            return Err(LlamaError::Limit(format!(
+                "more than {} live samplers (limit `samplers`)",
+                self.limits.samplers
+            )));
         }
         let id = self.reserve(bytes)?;
         self.chains.insert(id, (chain, bytes));
@@ -121,7 +124,10 @@ impl HostObjects {
 
     /// A chain by id.
     pub fn chain(&mut self, id: u32) -> Result<&mut Chain, LlamaError> {
-        self.chains.get_mut(&id).map(|c| &mut c.0).ok_or_else(|| LlamaError::InvalidArgument(format!("unknown sampler {id}")))
+        self.chains
+            .get_mut(&id)
+            .map(|c| &mut c.0)
+            .ok_or_else(|| LlamaError::InvalidArgument(format!("unknown sampler {id}")))
     }
 
     /// Free a chain.
@@ -134,7 +140,10 @@ impl HostObjects {
     /// Keep a snapshot; its id.
     pub fn add_snapshot(&mut self, state: Vec<u8>) -> Result<u32, LlamaError> {
         if self.snapshots.len() >= self.limits.snapshots {
-            return Err(LlamaError::Limit(format!("more than {} live KV snapshots (limit `snapshots`)", self.limits.snapshots)));
+            return Err(LlamaError::Limit(format!(
+                "more than {} live KV snapshots (limit `snapshots`)",
+                self.limits.snapshots
+            )));
         }
         let id = self.reserve(state.len() as u64)?;
         self.snapshots.insert(id, state);
@@ -143,7 +152,10 @@ impl HostObjects {
 
     /// A snapshot by id.
     pub fn snapshot(&self, id: u32) -> Result<&[u8], LlamaError> {
-        self.snapshots.get(&id).map(Vec::as_slice).ok_or_else(|| LlamaError::InvalidArgument(format!("unknown snapshot {id}")))
+        self.snapshots
+            .get(&id)
+            .map(Vec::as_slice)
+            .ok_or_else(|| LlamaError::InvalidArgument(format!("unknown snapshot {id}")))
     }
 
     /// Free a snapshot.

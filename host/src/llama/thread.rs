@@ -54,7 +54,10 @@ impl InferenceThread {
     }
 
     /// Run `f` on the inference thread and return its result.
-    pub fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut EngineState) -> R + Send + 'static) -> Result<R, LlamaError> {
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut EngineState) -> R + Send + 'static,
+    ) -> Result<R, LlamaError> {
         let gone = || LlamaError::Worker("the inference thread has stopped".into());
         let job: Job = Box::new(move |st| Box::new(f(st)) as Box<dyn Any + Send>);
         self.tx.as_ref().ok_or_else(gone)?.send(job).map_err(|_| gone())?;

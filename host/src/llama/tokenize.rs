@@ -55,7 +55,9 @@ fn is_space(b: u8) -> bool {
 impl Specials {
     /// Collect a vocabulary's special tokens.
     pub fn of(vocab: &Vocab<'_>) -> Specials {
-        let cached = (sys::LLAMA_TOKEN_ATTR_CONTROL | sys::LLAMA_TOKEN_ATTR_USER_DEFINED | sys::LLAMA_TOKEN_ATTR_UNKNOWN) as u32;
+        let cached = (sys::LLAMA_TOKEN_ATTR_CONTROL
+            | sys::LLAMA_TOKEN_ATTR_USER_DEFINED
+            | sys::LLAMA_TOKEN_ATTR_UNKNOWN) as u32;
         let mut tokens = Vec::new();
         let mut texts = Vec::new();
         for id in 0..vocab.n_tokens() {
@@ -133,7 +135,8 @@ impl Specials {
                 found.insert(s, tok.id);
             }
         }
-        let mut pieces: Vec<(usize, Piece)> = plain.into_iter().map(|(a, b)| (a, Piece::Text(a, b))).collect();
+        let mut pieces: Vec<(usize, Piece)> =
+            plain.into_iter().map(|(a, b)| (a, Piece::Text(a, b))).collect();
         pieces.extend(found.into_iter().map(|(s, id)| (s, Piece::Token(id))));
         pieces.sort_by_key(|p| p.0);
         pieces.into_iter().map(|p| p.1).collect()

@@ -164,9 +164,13 @@ impl Runtime {
         // Integrity first: a tampered guest is refused before it is compiled.
         options.policy.check(&options.guest)?;
         let limits = &options.limits;
-        let folders = Folders::open(&options.data_dir, options.model.clone(), limits.models_quota, limits.state_quota)
-            .map_err(|e| RuntimeError::Setup(format!("cannot create {}: {e}", options.data_dir.display())))?;
-        let cache = ComponentCache::new(options.cache_dir.clone().unwrap_or_else(|| options.data_dir.join("cache")));
+        let folders =
+            Folders::open(&options.data_dir, options.model.clone(), limits.models_quota, limits.state_quota)
+                .map_err(|e| {
+                    RuntimeError::Setup(format!("cannot create {}: {e}", options.data_dir.display()))
+                })?;
+        let cache =
+            ComponentCache::new(options.cache_dir.clone().unwrap_or_else(|| options.data_dir.join("cache")));
         let (component, component_report) = cache.load(engine, &options.guest)?;
         check_compatible(engine, &component, &label)?;
 
@@ -178,22 +182,32 @@ impl Runtime {
         let data = StoreData {
             wasi: store::wasi(),
             table: ResourceTable::new(),
-            inference: InferenceCtx::new(thread, folders.clone(), limits.clone(), cancel.clone(), clock.clone()),
+            inference: InferenceCtx::new(
+                thread,
+                folders.clone(),
+                limits.clone(),
+                cancel.clone(),
+                clock.clone(),
+            ),
             platform: PlatformCtx::new(cancel.clone(), options.sysfs_cpu.clone(), folders.clone()),
             storage: StorageCtx::new(folders.clone(), limits.clone(), clock.clone()),
             files: FilesCtx::new(folders.clone(), limits.clone(), cancel.clone(), clock.clone()),
-            download: DownloadCtx::new(folders, limits.clone(), options.network.clone(), cancel.clone(), clock.clone()),
+            download: DownloadCtx::new(
+                folders,
+                limits.clone(),
+                options.network.clone(),
+                cancel.clone(),
+                clock.clone(),
+            ),
             types: TypesCtx,
             limits: store::store_limits(limits.guest_memory),
             clock,
         };
         let mut store = Store::new(engine, data);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_callback(|ctx| {
-            match ctx.data().clock.over_budget() {
-                Some(why) => Err(wasmtime::Error::msg(why)),
-                None => Ok(UpdateDeadline::Continue(1)),
-            }
+        store.epoch_deadline_callback(|ctx| match ctx.data().clock.over_budget() {
+            Some(why) => Err(wasmtime::Error::msg(why)),
+            None => Ok(UpdateDeadline::Continue(1)),
         });
         store.set_epoch_deadline(1);
         let bindings = Bittybot::instantiate(&mut store, &component, &linker).map_err(|e| {
@@ -303,30 +317,41 @@ impl Runtime {
 
     /// Load a model; the guest fills in settings the options leave open.
     pub fn load_model(&mut self, options: &LoadOptions) -> Result<LoadReport, RuntimeError> {
-        let report = self.call_app(|b, st| b.bittybot_core_app().call_load_model(st, options)).map_err(|e| match e {
-            // The guest knows the provided model by its file name only; the
-            // host's caller gave the path, so its error names the path.
-            RuntimeError::App(AppError::LoadFailed(m)) => match &self.options.model {
-                Some(path) => {
-                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    let from = format!("the provided model {name}");
-                    RuntimeError::App(AppError::LoadFailed(m.replace(&from, &format!("the provided model {}", path.display()))))
-                }
-                None => RuntimeError::App(AppError::LoadFailed(m)),
+        let report = self.call_app(|b, st| b.bittybot_core_app().call_load_model(st, options)).map_err(
+            |e| match e {
+                // The guest knows the provided model by its file name only; the
+                // host's caller gave the path, so its error names the path.
+                RuntimeError::App(AppError::LoadFailed(m)) => match &self.options.model {
+                    Some(path) => {
+                        let name =
+                            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        let from = format!("the provided model {name}");
+                        RuntimeError::App(AppError::LoadFailed(
+                            m.replace(&from, &format!("the provided model {}", path.display())),
+                        ))
+                    }
+                    None => RuntimeError::App(AppError::LoadFailed(m)),
+                },
+                e => e,
             },
-            e => e,
-        })?;
+        )?;
         self.last_load = Some(options.clone());
         Ok(report)
     }
 
     /// The model spec in effect (built in, or the override JSON).
     pub fn resolve_spec(&mut self, spec_json: Option<&str>) -> Result<ModelSpec, RuntimeError> {
-        self.call(|b, st| b.bittybot_core_app().call_resolve_spec(st, spec_json))?.map_err(RuntimeError::ModelSetup)
+        self.call(|b, st| b.bittybot_core_app().call_resolve_spec(st, spec_json))?
+            .map_err(RuntimeError::ModelSetup)
     }
 
     /// Whether a file of `size` bytes hashing to `sha256` is the spec's model (the guest decides).
-    pub fn verify_digest(&mut self, spec_json: Option<&str>, size: u64, sha256: &str) -> Result<ModelSpec, RuntimeError> {
+    pub fn verify_digest(
+        &mut self,
+        spec_json: Option<&str>,
+        size: u64,
+        sha256: &str,
+    ) -> Result<ModelSpec, RuntimeError> {
         self.call(|b, st| b.bittybot_core_app().call_verify_digest(st, spec_json, size, sha256))?
             .map_err(RuntimeError::ModelSetup)
     }
@@ -340,8 +365,10 @@ impl Runtime {
         force_verify: bool,
     ) -> Result<ModelSetup, RuntimeError> {
         self.cancel.store(false, Ordering::Relaxed);
-        self.call(|b, st| b.bittybot_core_app().model_setup().call_constructor(st, spec_json, allow_download, force_verify))
-            .map(ModelSetup)
+        self.call(|b, st| {
+            b.bittybot_core_app().model_setup().call_constructor(st, spec_json, allow_download, force_verify)
+        })
+        .map(ModelSetup)
     }
 
     /// One step of a model setup (returns within about a quarter of a second).
@@ -355,7 +382,11 @@ impl Runtime {
     }
 
     /// Render messages with the loaded model's chat format.
-    pub fn render_prompt(&mut self, messages: &[Message], add_generation_prompt: bool) -> Result<RenderedPrompt, RuntimeError> {
+    pub fn render_prompt(
+        &mut self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<RenderedPrompt, RuntimeError> {
         self.call_app(|b, st| b.bittybot_core_app().call_render_prompt(st, messages, add_generation_prompt))
     }
 
@@ -370,8 +401,15 @@ impl Runtime {
     }
 
     /// Set a translation session's language pair.
-    pub fn set_languages(&mut self, session: &Session, source: Option<&str>, target: &str) -> Result<(), RuntimeError> {
-        self.call_app(|b, st| b.bittybot_core_app().session().call_set_languages(st, session.0, source, target))
+    pub fn set_languages(
+        &mut self,
+        session: &Session,
+        source: Option<&str>,
+        target: &str,
+    ) -> Result<(), RuntimeError> {
+        self.call_app(|b, st| {
+            b.bittybot_core_app().session().call_set_languages(st, session.0, source, target)
+        })
     }
 
     /// Send a message; pull the reply with [`Runtime::next`] (or use

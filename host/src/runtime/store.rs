@@ -65,7 +65,13 @@ pub(crate) fn wasi() -> WasiCtx {
 
 /// The store's resource limits.
 pub(crate) fn store_limits(memory: usize) -> StoreLimits {
-    StoreLimitsBuilder::new().memory_size(memory).instances(4).tables(16).memories(4).trap_on_grow_failure(true).build()
+    StoreLimitsBuilder::new()
+        .memory_size(memory)
+        .instances(4)
+        .tables(16)
+        .memories(4)
+        .trap_on_grow_failure(true)
+        .build()
 }
 
 macro_rules! has_data {
@@ -90,7 +96,10 @@ has_data! {
 
 /// A sleep of `ns` nanoseconds, clamped to the call's remaining guest time;
 /// with none left the call stops here.
-fn clamped_sleep(mut s: StoreContextMut<'_, StoreData>, ns: u64) -> wasmtime::Result<(Resource<DynPollable>,)> {
+fn clamped_sleep(
+    mut s: StoreContextMut<'_, StoreData>,
+    ns: u64,
+) -> wasmtime::Result<(Resource<DynPollable>,)> {
     if let Some(why) = s.data().clock.over_budget() {
         return Err(wasmtime::Error::msg(why));
     }

@@ -67,7 +67,11 @@ impl Runtime {
     }
 
     /// Send a message and collect the whole reply: (chunks, stats).
-    pub fn chat(&mut self, session: &Session, text: &str) -> Result<(Vec<String>, GenerationStats), RuntimeError> {
+    pub fn chat(
+        &mut self,
+        session: &Session,
+        text: &str,
+    ) -> Result<(Vec<String>, GenerationStats), RuntimeError> {
         self.reply(session, text, |_| true).map(|r| (r.chunks, r.stats))
     }
 }

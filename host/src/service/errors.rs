@@ -136,4 +136,3 @@ impl From<RuntimeError> for ServiceError {
         ServiceError::new(kind, e.to_string())
     }
 }
-

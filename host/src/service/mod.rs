@@ -293,4 +293,3 @@ impl Drop for Service {
         self.close();
     }
 }
-

@@ -131,7 +131,12 @@ impl Worker {
         let _ = catch_unwind(AssertUnwindSafe(|| self.listener.on_state(state)));
     }
 
-    pub(super) fn run(&mut self, options: ServiceOptions, model: Option<PathBuf>, rx: mpsc::Receiver<Command>) {
+    pub(super) fn run(
+        &mut self,
+        options: ServiceOptions,
+        model: Option<PathBuf>,
+        rx: mpsc::Receiver<Command>,
+    ) {
         match catch_unwind(AssertUnwindSafe(|| self.start_up(options, model))) {
             Ok(Ok(info)) => {
                 self.failed = None;
@@ -168,7 +173,11 @@ impl Worker {
         self.failed = Some(e);
     }
 
-    fn start_up(&mut self, options: ServiceOptions, model: Option<PathBuf>) -> Result<ReadyInfo, ServiceError> {
+    fn start_up(
+        &mut self,
+        options: ServiceOptions,
+        model: Option<PathBuf>,
+    ) -> Result<ReadyInfo, ServiceError> {
         self.notify(&ServiceState::Checking);
         let t = Instant::now();
         let mut runtime_options = options.runtime;
@@ -229,7 +238,12 @@ impl Worker {
     fn handle(&mut self, command: Command) {
         let Some(rt) = self.runtime.as_mut() else {
             if let Command::Send { reply, .. } = command {
-                reply.fail(&self.failed.clone().unwrap_or_else(|| ServiceError::new(ErrorKind::NotReady, "no runtime")));
+                reply.fail(
+                    &self
+                        .failed
+                        .clone()
+                        .unwrap_or_else(|| ServiceError::new(ErrorKind::NotReady, "no runtime")),
+                );
             }
             return;
         };
@@ -292,9 +306,8 @@ impl Worker {
             Ok((r, listener_error))
         })();
         match result {
-            Ok((_, Some(message))) => {
-                reply.fail(&ServiceError::new(ErrorKind::Listener, format!("the reply was cancelled: {message}")))
-            }
+            Ok((_, Some(message))) => reply
+                .fail(&ServiceError::new(ErrorKind::Listener, format!("the reply was cancelled: {message}"))),
             Ok((Ok(r), None)) => reply.done(&r.stats),
             Ok((Err(e), None)) | Err(e) => {
                 let e = self.runtime_error(e);

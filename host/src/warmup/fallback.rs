@@ -15,7 +15,11 @@ pub fn residency(_file: &File) -> Result<f32, WarmupError> {
 }
 
 /// Read the file once, front to back (the order is not followed here).
-pub fn warm_up(file: &File, _order: &[Range<u64>], mut step: impl FnMut(u64, u64) -> bool) -> Result<WarmupReport, WarmupError> {
+pub fn warm_up(
+    file: &File,
+    _order: &[Range<u64>],
+    mut step: impl FnMut(u64, u64) -> bool,
+) -> Result<WarmupReport, WarmupError> {
     let start = Instant::now();
     let mut f = file;
     let total = f.metadata().map_err(|e| WarmupError::Io(e.kind().to_string()))?.len();

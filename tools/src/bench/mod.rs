@@ -24,8 +24,8 @@ use bittybot_host::{
     GuestSource, LoadOptions, Message, ModelSource, Runtime, RuntimeError, RuntimeOptions, Session,
     SessionKind, SessionOptions,
 };
-use serde::Serialize;
 use raw::RawWeights;
+use serde::Serialize;
 
 pub use table::table;
 
@@ -291,7 +291,11 @@ pub fn run(cfg: &BenchConfig, progress: impl FnMut(&str)) -> Result<BenchReport,
     run_with(cfg, RawWeights::Read, progress)
 }
 
-fn run_with(cfg: &BenchConfig, raw_weights: RawWeights, mut progress: impl FnMut(&str)) -> Result<BenchReport, BenchError> {
+fn run_with(
+    cfg: &BenchConfig,
+    raw_weights: RawWeights,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport, BenchError> {
     if cfg.reps == 0 {
         return Err(BenchError::Other("at least one repetition is needed".into()));
     }

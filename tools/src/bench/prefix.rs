@@ -33,7 +33,11 @@ fn restart(
     Ok((rt, session))
 }
 
-pub(super) fn restarts(cfg: &BenchConfig, threads: u32, threads_batch: u32) -> Result<PrefixReport, BenchError> {
+pub(super) fn restarts(
+    cfg: &BenchConfig,
+    threads: u32,
+    threads_batch: u32,
+) -> Result<PrefixReport, BenchError> {
     let short = "What is the capital of France?";
     // Prime the saved state once.
     let (mut rt, s) = restart(cfg, threads, threads_batch, true)?;
@@ -64,4 +68,3 @@ pub(super) fn restarts(cfg: &BenchConfig, threads: u32, threads_batch: u32) -> R
         cached_vs_later: on.median / later.median.max(1e-9),
     })
 }
-

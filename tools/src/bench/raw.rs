@@ -45,7 +45,11 @@ pub enum RawWeights {
 
 impl RawLoop {
     /// Load the model and create the context; the load time in ms.
-    pub fn load(path: &std::path::Path, s: &RawShape, weights: RawWeights) -> Result<(Self, f64), BenchError> {
+    pub fn load(
+        path: &std::path::Path,
+        s: &RawShape,
+        weights: RawWeights,
+    ) -> Result<(Self, f64), BenchError> {
         let t = Instant::now();
         bittybot_host::llama::backend();
         let path = path.to_str().ok_or_else(|| BenchError::Other("the model path is not UTF-8".into()))?;
@@ -124,7 +128,11 @@ impl RawLoop {
         Ok(Sample {
             ttft_ms: ms(ttft.unwrap_or(end).duration_since(start)),
             prompt_tps: prompt.len() as f64 / prompt_done.duration_since(start).as_secs_f64(),
-            decode_tps: if decode_ms > 0.0 { generated.saturating_sub(1) as f64 * 1000.0 / decode_ms } else { 0.0 },
+            decode_tps: if decode_ms > 0.0 {
+                generated.saturating_sub(1) as f64 * 1000.0 / decode_ms
+            } else {
+                0.0
+            },
             prompt_tokens: prompt.len() as u32,
             generated,
         })

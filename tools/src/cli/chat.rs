@@ -68,7 +68,8 @@ pub fn stats_line(s: &GenerationStats) -> String {
 /// (A failed write to stdout, e.g. a closed pipe, cancels the turn.)
 fn stream(rt: &mut Runtime, session: &Session, text: &str) -> Result<GenerationStats> {
     let mut out = std::io::stdout().lock();
-    let reply = rt.reply(session, text, |chunk| out.write_all(chunk.as_bytes()).and_then(|()| out.flush()).is_ok());
+    let reply =
+        rt.reply(session, text, |chunk| out.write_all(chunk.as_bytes()).and_then(|()| out.flush()).is_ok());
     writeln!(out)?;
     Ok(reply?.stats)
 }

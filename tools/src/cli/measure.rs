@@ -27,9 +27,11 @@ fn threads(n: Option<u32>) -> u32 {
 fn bar(prefix: &str) -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:32}] {pos}/{len} chunks {elapsed_precise} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>10} [{bar:32}] {pos}/{len} chunks {elapsed_precise} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_prefix(prefix.to_owned());
     bar.enable_steady_tick(Duration::from_millis(250));
@@ -122,7 +124,19 @@ pub struct QualityArgs {
 fn table(r: &QualityReport) -> String {
     let mut out = format!(
         "{} against {} (chunks of {} tokens; ± one standard error)\n\n{:<8} {:>7} {:>16} {:>16} {:>17} {:>9} {:>9} {:>14} {:>14} {:>10}\n",
-        r.model, r.reference, r.n_ctx, "text", "tokens", "PPL ref", "PPL", "mean KLD", "median", "p99", "same top %", "mean Δp %", "RMS Δp %"
+        r.model,
+        r.reference,
+        r.n_ctx,
+        "text",
+        "tokens",
+        "PPL ref",
+        "PPL",
+        "mean KLD",
+        "median",
+        "p99",
+        "same top %",
+        "mean Δp %",
+        "RMS Δp %"
     );
     for t in r.texts.iter().chain([&r.overall]) {
         out.push_str(&format!(
@@ -144,7 +158,11 @@ fn table(r: &QualityReport) -> String {
             t.dp_rms_pct.value
         ));
     }
-    out.push_str(&format!("\npeak memory {:.0} MB; reference distributions {}\n", r.peak_rss as f64 / 1e6, if r.base_reused { "reused" } else { "computed" }));
+    out.push_str(&format!(
+        "\npeak memory {:.0} MB; reference distributions {}\n",
+        r.peak_rss as f64 / 1e6,
+        if r.base_reused { "reused" } else { "computed" }
+    ));
     out
 }
 
@@ -174,7 +192,8 @@ pub fn quality(args: &QualityArgs) -> Result<()> {
         let mut m = read_manifest(path)?;
         m.quality = Some(serde_json::to_value(&report)?);
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&m)? + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::write(&tmp, serde_json::to_string_pretty(&m)? + "\n")
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
         eprintln!("recorded in {}", path.display());
     }

@@ -5,8 +5,8 @@
 use anyhow::Result;
 use clap::Args;
 
-use bittybot_tools::bench::summarize;
 use bittybot_host::{LoadOptions, ModelSource, SessionKind, SessionOptions};
+use bittybot_tools::bench::summarize;
 
 use super::{CliContext, start_runtime};
 

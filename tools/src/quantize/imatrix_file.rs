@@ -133,7 +133,6 @@ fn imatrix_legacy(file: &mut std::fs::File) -> Result<Imatrix, String> {
     Ok(Imatrix { entries, datasets, chunks })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,7 +125,6 @@ pub(super) fn release_url(base: &str, name: &str) -> Result<String, QuantizeErro
     Ok(url)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

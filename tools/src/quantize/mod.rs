@@ -33,9 +33,9 @@ use bittybot_host::hashing::{HashError, hash_file};
 use bittybot_host::llama::{self, LLAMA_CPP_VERSION};
 use llama_cpp_sys_2 as sys;
 
-pub use manifest::{Manifest, SpecJson, manifest_path, read_manifest};
 use imatrix_file::Imatrix;
 use manifest::release_url;
+pub use manifest::{Manifest, SpecJson, manifest_path, read_manifest};
 
 /// The quantization types, by llama.cpp's names (as `llama-quantize` lists
 /// them; `Q3_K`, `Q4_K` and `Q5_K` are its aliases of the `_M` types).

@@ -13,9 +13,18 @@ unsafe extern "C" {
         idx: i32,
         caught: *mut bool,
     ) -> Token;
-    fn bb_sampler_init_penalties(n_vocab: i32, last_n: i32, repeat: f32, freq: f32, present: f32)
-    -> *mut sys::llama_sampler;
-    fn bb_sampler_init_logit_bias(n_vocab: i32, n: i32, bias: *const sys::llama_logit_bias) -> *mut sys::llama_sampler;
+    fn bb_sampler_init_penalties(
+        n_vocab: i32,
+        last_n: i32,
+        repeat: f32,
+        freq: f32,
+        present: f32,
+    ) -> *mut sys::llama_sampler;
+    fn bb_sampler_init_logit_bias(
+        n_vocab: i32,
+        n: i32,
+        bias: *const sys::llama_logit_bias,
+    ) -> *mut sys::llama_sampler;
     fn bb_sampler_init_simple(kind: i32, p: f32, k: i32, seed: u32) -> *mut sys::llama_sampler;
     fn bb_sampler_chain() -> *mut sys::llama_sampler;
     fn bb_sampler_chain_add(chain: *mut sys::llama_sampler, smpl: *mut sys::llama_sampler) -> bool;
@@ -134,7 +143,9 @@ impl Chain {
                             b.iter().map(|&(token, bias)| sys::llama_logit_bias { token, bias }).collect();
                         bb_sampler_init_logit_bias(n_vocab, biases.len() as i32, biases.as_ptr())
                     }
-                    Link::Penalties { last_n, repeat } => bb_sampler_init_penalties(n_vocab, *last_n, *repeat, 0.0, 0.0),
+                    Link::Penalties { last_n, repeat } => {
+                        bb_sampler_init_penalties(n_vocab, *last_n, *repeat, 0.0, 0.0)
+                    }
                     Link::Greedy => bb_sampler_init_simple(0, 0.0, 0, 0),
                     Link::Dist(seed) => bb_sampler_init_simple(1, 0.0, 0, *seed),
                     Link::TopK(k) => bb_sampler_init_simple(2, 0.0, *k, 0),
@@ -161,4 +172,3 @@ impl Chain {
         if threw { Err(caught()) } else { Ok(t) }
     }
 }
-

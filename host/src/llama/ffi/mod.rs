@@ -229,7 +229,15 @@ impl Vocab<'_> {
         loop {
             // SAFETY: `text` is `len` readable bytes, `out` has `out.len()` writable tokens.
             let n = unsafe {
-                bb_tokenize(self.ptr, text.as_ptr().cast(), len, out.as_mut_ptr(), out.len() as i32, false, parse_special)
+                bb_tokenize(
+                    self.ptr,
+                    text.as_ptr().cast(),
+                    len,
+                    out.as_mut_ptr(),
+                    out.len() as i32,
+                    false,
+                    parse_special,
+                )
             };
             if n == CAUGHT {
                 return Err(caught());
