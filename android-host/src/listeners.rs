@@ -8,7 +8,9 @@
 //! from `onChunk` it cancels the reply, which then ends with `onError`
 //! of kind `listener`; from any other callback it is printed to stderr.
 
-use bittybot_host::{GenerationStats, ReplyListener, ServiceError, ServiceState, StateListener, StopReason};
+use bittybot_host::{
+    GenerationStats, MemoryOutlook, ReplyListener, ServiceError, ServiceState, StateListener, StopReason,
+};
 use jni::objects::JObject;
 use jni::refs::{Global, Reference as _};
 use jni::vm::JavaVM;
@@ -159,7 +161,7 @@ impl ReplyListener for JavaReplyListener {
             env.call_method(
                 l,
                 jni_str!("onDone"),
-                jni_sig!("(Ljava/lang/String;IIIIDDDDDZ)V"),
+                jni_sig!("(Ljava/lang/String;IIIIDDDDDZZ)V"),
                 &[
                     JValue::Object(&stop),
                     JValue::Int(int(s.prompt_tokens)),
@@ -172,6 +174,7 @@ impl ReplyListener for JavaReplyListener {
                     JValue::Double(s.prompt_tokens_per_s),
                     JValue::Double(s.decode_tokens_per_s),
                     JValue::Bool(s.prefix_cached),
+                    JValue::Bool(s.outlook == MemoryOutlook::Resident),
                 ],
             )?;
             Ok(())

@@ -13,7 +13,7 @@ use crate::prefix::PrefixCache;
 use crate::profile::ModelProfile;
 use crate::session::{Env, Session};
 use crate::settings::{self, Settings, TunedThreads};
-use crate::wit::app::{AppError, LoadOptions, LoadReport, SessionKind};
+use crate::wit::app::{AppError, LoadOptions, LoadReport, MemoryOutlook, SessionKind};
 
 /// The loaded model.
 struct Loaded {
@@ -62,7 +62,7 @@ impl<H: Host> App<H> {
     /// the previous model end. The pages are warmed in the background.
     pub fn load_model(&mut self, host: &H, o: &LoadOptions) -> Result<LoadReport, AppError> {
         self.loaded = None;
-        self.pages.set_model(None);
+        self.pages.set_model(None, MemoryOutlook::Resident);
         self.prefixes.clear();
         self.leases = Leases::new(load::SEQUENCES);
         let shape = host.inspect(&o.source).map_err(load_failed)?;
@@ -83,7 +83,7 @@ impl<H: Host> App<H> {
         };
         self.loaded = Some(Loaded { profile: Rc::new(profile), tuned_key });
         // The app is ready now; the pages come in behind it.
-        self.pages.set_model(Some(o.source.clone()));
+        self.pages.set_model(Some(o.source.clone()), plan.outlook);
         self.pages.warm_in_background(host);
         Ok(LoadReport {
             info,

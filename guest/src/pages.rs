@@ -14,6 +14,7 @@
 //! again.
 
 use crate::host::{Job, Jobs, ModelSource, WarmOrder, WarmupState};
+use crate::wit::app::MemoryOutlook;
 
 /// Below this fraction of model pages in memory, a turn or `prepare` re-warms.
 pub const REWARM_BELOW: f32 = 0.9;
@@ -24,20 +25,32 @@ pub struct Pages<H: Jobs> {
     warmup: Option<H::Warmup>,
     /// A finished pass left less than [`REWARM_BELOW`] of the file in memory.
     cannot_hold: bool,
+    /// The device-fit policy's judgement at load.
+    at_load: MemoryOutlook,
 }
 
 impl<H: Jobs> Default for Pages<H> {
     fn default() -> Self {
-        Pages { source: None, warmup: None, cannot_hold: false }
+        Pages { source: None, warmup: None, cannot_hold: false, at_load: MemoryOutlook::Resident }
     }
 }
 
 impl<H: Jobs> Pages<H> {
-    /// Follow a newly loaded model (or none); a pass on the old one is dropped.
-    pub fn set_model(&mut self, source: Option<ModelSource>) {
+    /// Follow a newly loaded model (or none) and what the device-fit policy
+    /// said of it; a pass on the old one is dropped.
+    pub fn set_model(&mut self, source: Option<ModelSource>, at_load: MemoryOutlook) {
         self.warmup = None;
         self.cannot_hold = false;
+        self.at_load = at_load;
         self.source = source;
+    }
+
+    /// Whether the model can stay resident, as known now: `Paging` when the
+    /// device-fit policy said so at load or a finished pass could not make
+    /// the file resident.
+    pub fn outlook(&mut self) -> MemoryOutlook {
+        self.poll();
+        if self.cannot_hold { MemoryOutlook::Paging } else { self.at_load }
     }
 
     /// Look at the running pass: note a finished one that could not make
@@ -96,7 +109,7 @@ mod tests {
         let host = FakeHost::default();
         let mut pages = Pages::<FakeHost>::default();
         assert!(!pages.prepare(&host), "no model");
-        pages.set_model(Some(ModelSource::Provided));
+        pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Resident);
         assert!(!pages.prepare(&host), "resident: nothing to do");
         host.residency.set(0.1);
         assert!(pages.prepare(&host));
@@ -107,11 +120,11 @@ mod tests {
     fn a_pass_that_cannot_make_the_model_resident_is_not_repeated() {
         let host = FakeHost::default();
         let mut pages = Pages::<FakeHost>::default();
-        pages.set_model(Some(ModelSource::Provided));
+        pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Resident);
         host.residency.set(0.1);
         host.warm_reach.set(0.6); // memory holds 60 % of the file
         assert!(pages.warm_in_background(&host));
-        pages.poll();
+        assert_eq!(pages.outlook(), MemoryOutlook::Paging, "the app is told");
         assert!(pages.cannot_hold);
         host.residency.set(0.3);
         assert!(!pages.prepare(&host), "prepare after a pass that could not hold the model");
@@ -119,11 +132,25 @@ mod tests {
         assert_eq!(host.warmups.get(), 1);
         // Another model (or the same one reloaded, e.g. with a smaller
         // context) is measured afresh.
-        pages.set_model(Some(ModelSource::Provided));
+        pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Resident);
         host.warm_reach.set(1.0);
-        pages.poll();
+        assert_eq!(pages.outlook(), MemoryOutlook::Resident);
         assert!(!pages.cannot_hold);
         assert!(pages.prepare(&host));
         assert_eq!((host.warmups.get(), host.residency.get()), (2, 1.0));
+        assert_eq!(pages.outlook(), MemoryOutlook::Resident);
+    }
+
+    #[test]
+    fn the_load_time_judgement_stands_until_another_load() {
+        let host = FakeHost::default();
+        let mut pages = Pages::<FakeHost>::default();
+        pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Paging);
+        assert_eq!(pages.outlook(), MemoryOutlook::Paging);
+        host.residency.set(0.1);
+        assert!(pages.prepare(&host), "a pass is still worth trying");
+        assert_eq!(pages.outlook(), MemoryOutlook::Paging, "a full pass does not undo the fit's verdict");
+        pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Resident);
+        assert_eq!(pages.outlook(), MemoryOutlook::Resident);
     }
 }

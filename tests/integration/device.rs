@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use bittybot_host::device::cpu_topology_at;
-use bittybot_host::{LoadOptions, Runtime, SessionKind, SessionOptions};
+use bittybot_host::{LoadOptions, MemoryOutlook, Runtime, SessionKind, SessionOptions};
 use bittybot_tests::{demo_model, options, temp_dir};
 
 /// Write a sysfs-like CPU tree: (max kHz, capacity) per CPU; `None` leaves the file out.
@@ -147,6 +147,8 @@ fn warmup_brings_an_evicted_model_back_and_a_turn_reports_it() {
     }
     let (_, stats) = rt.chat(&chat, "And again").unwrap();
     assert!(stats.residency >= 0.99 && stats.warmup_ms == 0.0, "{stats:?}");
+    // The passes made the model resident again: the app is not told otherwise.
+    assert_eq!(stats.outlook, MemoryOutlook::Resident, "{stats:?}");
     let t = std::time::Instant::now();
     assert!(!rt.prepare(&chat).unwrap(), "nothing to do when resident");
     assert!(t.elapsed().as_millis() < 100);

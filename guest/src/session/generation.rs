@@ -11,7 +11,7 @@ use crate::host::{Host, InferenceError, Sampler, Token};
 use crate::pages::REWARM_BELOW;
 use crate::template::Role;
 use crate::utf8::Utf8Assembler;
-use crate::wit::app::{AppError, GenerationStats, SessionKind, StopReason};
+use crate::wit::app::{AppError, GenerationStats, MemoryOutlook, SessionKind, StopReason};
 
 /// What the user sees of the reply so far.
 struct Text {
@@ -76,6 +76,9 @@ pub struct Generation<S> {
     prompt_tokens: u32,
     residency: f32,
     warmup_ms: f64,
+    /// The memory outlook as last looked at (when the prompt was evaluated,
+    /// and again when the reply ends).
+    outlook: MemoryOutlook,
     stats: Option<GenerationStats>,
     load_id: u64,
 }
@@ -98,6 +101,7 @@ impl<S: Sampler> Generation<S> {
             prompt_tokens: 0,
             residency: 1.0,
             warmup_ms: 0.0,
+            outlook: MemoryOutlook::Resident,
             stats: None,
             load_id: session.profile.load_id,
         }
@@ -117,6 +121,19 @@ impl<S: Sampler> Generation<S> {
         if self.stats.is_some() {
             return Ok(None);
         }
+        let out = self.step(session, env);
+        // The reply ended in this step: a warm pass may have finished meanwhile.
+        if let Some(stats) = &mut self.stats {
+            stats.outlook = env.pages.outlook();
+        }
+        out
+    }
+
+    fn step<H: Host<Sampler = S>>(
+        &mut self,
+        session: &mut Session,
+        env: &mut Env<'_, H>,
+    ) -> Result<Option<String>, AppError> {
         if env.current_load != Some(self.load_id) {
             self.finish(session, StopReason::Cancelled);
             return Err(AppError::NotReady);
@@ -183,6 +200,7 @@ impl<S: Sampler> Generation<S> {
             env.pages.warm_in_background(host);
             self.warmup_ms = started.elapsed().as_secs_f64() * 1000.0;
         }
+        self.outlook = env.pages.outlook();
         let prompt = std::mem::take(&mut self.prepared.to_decode);
         let start = Instant::now();
         let split = match self.prepared.store_prefix.take() {
@@ -255,6 +273,7 @@ impl<S: Sampler> Generation<S> {
             residency: self.residency,
             warmup_ms: self.warmup_ms,
             prefix_cached: self.prepared.prefix_cached,
+            outlook: self.outlook,
         });
         (!tail.is_empty()).then_some(tail)
     }

@@ -7,7 +7,7 @@ use crate::host::{Engine, ModelSource, Root};
 use crate::session::Session;
 use crate::testing::FakeHost;
 use crate::wit::app::{
-    AppError, GenerationStats, LoadOptions, SessionKind, SessionOptions as Patch, StopReason,
+    AppError, GenerationStats, LoadOptions, MemoryOutlook, SessionKind, SessionOptions as Patch, StopReason,
 };
 
 fn load_options(n_ctx: u32) -> LoadOptions {
@@ -276,4 +276,28 @@ fn evicted_pages_are_rewarmed_alongside_the_prompt_unless_turned_off() {
     chat.set_options(o).unwrap();
     let (_, s) = turn(&mut app, &host, &mut chat, "Hi");
     assert_eq!((s.residency, host.warmups.get()), (0.2, warmups + 1));
+}
+
+#[test]
+fn a_reply_tells_the_app_when_the_model_cannot_stay_resident() {
+    let host = FakeHost::default();
+    let mut app = load(&host, 1024);
+    let mut chat = open(&mut app, &host, SessionKind::Chat, patch());
+    host.script(&["a", "b"]);
+    let (_, s) = turn(&mut app, &host, &mut chat, "Hi");
+    assert_eq!(s.outlook, MemoryOutlook::Resident);
+    // Evicted, and memory now holds only 60 % of the file: the re-warm at
+    // send cannot make the model resident, and this reply says so.
+    host.residency.set(0.2);
+    host.warm_reach.set(0.6);
+    host.script(&["a", "b"]);
+    let (_, s) = turn(&mut app, &host, &mut chat, "Hi");
+    assert_eq!((s.residency, s.outlook), (0.2, MemoryOutlook::Paging));
+    // Loading again (say, with a smaller context) measures afresh.
+    host.warm_reach.set(1.0);
+    let mut app = load(&host, 512);
+    let mut chat = open(&mut app, &host, SessionKind::Chat, patch());
+    host.script(&["a", "b"]);
+    let (_, s) = turn(&mut app, &host, &mut chat, "Hi");
+    assert_eq!(s.outlook, MemoryOutlook::Resident);
 }

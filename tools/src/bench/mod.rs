@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bittybot_host::{
-    GuestSource, LoadOptions, Message, ModelSource, Runtime, RuntimeError, RuntimeOptions, Session,
-    SessionKind, SessionOptions,
+    GenerationStats, GuestSource, LoadOptions, MemoryOutlook, Message, ModelSource, Runtime, RuntimeError,
+    RuntimeOptions, Session, SessionKind, SessionOptions,
 };
 use raw::RawWeights;
 use serde::Serialize;
@@ -167,6 +167,8 @@ pub struct BenchReport {
     pub guest: PathReport,
     /// guest decode tok/s ÷ raw (medians).
     pub decode_ratio: f64,
+    /// guest decode tok/s ÷ raw of each repetition (the two run back to back).
+    pub decode_ratio_paired: Summary,
     /// guest prompt tok/s ÷ raw (medians).
     pub prompt_ratio: f64,
     /// guest TTFT − raw TTFT (medians), ms.
@@ -179,6 +181,11 @@ pub struct BenchReport {
     pub start: StartFigures,
     /// Whether both paths generated the same number of tokens every time.
     pub same_tokens: bool,
+    /// The device-fit policy's judgement at load (`resident` or `paging`)
+    /// for the memory available then, and its remarks.
+    pub fit_outlook: String,
+    /// The device-fit policy's remarks at load.
+    pub fit_notes: Vec<String>,
     /// The page-residency cases, when run.
     pub residency: Option<ResidencyReport>,
     /// First-turn TTFT after a restart with and without the prefix cache, when run.
@@ -234,6 +241,10 @@ pub struct CaseReport {
     pub residency: Summary,
     /// Re-warm time inside the turn.
     pub warmup_ms: Summary,
+    /// Turns of the case whose reply said the model cannot stay resident.
+    pub paging_turns: usize,
+    /// Turns of the case.
+    pub turns: usize,
 }
 
 /// The page-residency benchmark: what the phone's "after idle" costs and
@@ -309,16 +320,15 @@ fn run_with(
 
     progress("loading the model through the guest");
     let t = Instant::now();
-    let info = rt
-        .load_model(&LoadOptions {
-            source: ModelSource::Provided,
-            n_ctx: Some(cfg.n_ctx),
-            n_batch: Some(cfg.n_batch),
-            threads: cfg.threads,
-            threads_batch: cfg.threads_batch,
-            use_mmap: Some(true),
-        })?
-        .info;
+    let load = rt.load_model(&LoadOptions {
+        source: ModelSource::Provided,
+        n_ctx: Some(cfg.n_ctx),
+        n_batch: Some(cfg.n_batch),
+        threads: cfg.threads,
+        threads_batch: cfg.threads_batch,
+        use_mmap: Some(true),
+    })?;
+    let (info, fit_outlook, fit_notes) = (load.info, outlook_name(load.outlook), load.notes);
     let guest_load_ms = ms(t.elapsed());
     let threads = info.settings.threads;
     let threads_batch = info.settings.threads_batch;
@@ -397,7 +407,8 @@ fn run_with(
 
     let pairs = raw_samples.iter().zip(&guest_samples);
     let overhead: Vec<f64> = pairs.clone().map(|(r, g)| g.ttft_ms - r.ttft_ms).collect();
-    let ratios: Vec<f64> = pairs.map(|(r, g)| g.ttft_ms / r.ttft_ms.max(1e-9)).collect();
+    let ratios: Vec<f64> = pairs.clone().map(|(r, g)| g.ttft_ms / r.ttft_ms.max(1e-9)).collect();
+    let decode_ratios: Vec<f64> = pairs.map(|(r, g)| g.decode_tps / r.decode_tps.max(1e-9)).collect();
     let raw = PathReport::new(raw_load_ms, raw_samples);
     let guest = PathReport::new(guest_load_ms, guest_samples);
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
@@ -409,6 +420,7 @@ fn run_with(
         prompt_tokens: prompt_tokens.len() as u32,
         reps: cfg.reps,
         decode_ratio: ratio(guest.decode_tps.median, raw.decode_tps.median),
+        decode_ratio_paired: summarize(&decode_ratios),
         prompt_ratio: ratio(guest.prompt_tps.median, raw.prompt_tps.median),
         ttft_overhead_ms: guest.ttft_ms.median - raw.ttft_ms.median,
         ttft_overhead_paired_ms: summarize(&overhead),
@@ -423,6 +435,8 @@ fn run_with(
             cached_instantiate_ms: second.instantiate_ms,
         },
         same_tokens,
+        fit_outlook,
+        fit_notes,
         residency,
         prefix,
         conditions: ConditionsReport::default(),
@@ -570,13 +584,22 @@ impl Drop for Watchdog {
     }
 }
 
-/// One turn through the guest: (figures, residency at send, re-warm ms).
+/// `resident` or `paging`.
+pub(crate) fn outlook_name(o: MemoryOutlook) -> String {
+    match o {
+        MemoryOutlook::Resident => "resident",
+        MemoryOutlook::Paging => "paging",
+    }
+    .to_owned()
+}
+
+/// One turn through the guest: its figures and the guest's own stats.
 /// TTFT is the host's: from the call to `send` to the first chunk.
 pub(crate) fn turn(
     rt: &mut Runtime,
     session: &Session,
     prompt: &str,
-) -> Result<(Sample, f32, f64), BenchError> {
+) -> Result<(Sample, GenerationStats), BenchError> {
     let start = Instant::now();
     let reply = rt.reply(session, prompt, |_| true)?;
     let stats = reply.stats;
@@ -587,5 +610,5 @@ pub(crate) fn turn(
         prompt_tokens: stats.prompt_tokens,
         generated: stats.generated_tokens,
     };
-    Ok((sample, stats.residency, stats.warmup_ms))
+    Ok((sample, stats))
 }

@@ -47,15 +47,15 @@ pub(super) fn restarts(
     let (mut full, mut cached_tokens) = (0, 0);
     for _ in 0..cfg.prefix_reps {
         let (mut rt, s) = restart(cfg, threads, threads_batch, false)?;
-        let (a, _, _) = turn(&mut rt, &s, short)?;
+        let (a, _) = turn(&mut rt, &s, short)?;
         full = a.prompt_tokens;
         off.push(a.ttft_ms);
         drop(rt);
         let (mut rt, s) = restart(cfg, threads, threads_batch, true)?;
-        let (b, _, _) = turn(&mut rt, &s, short)?;
+        let (b, _) = turn(&mut rt, &s, short)?;
         cached_tokens = b.prompt_tokens;
         on.push(b.ttft_ms);
-        let (c, _, _) = turn(&mut rt, &s, short)?;
+        let (c, _) = turn(&mut rt, &s, short)?;
         later.push(c.ttft_ms);
     }
     let (off, on, later) = (summarize(&off), summarize(&on), summarize(&later));

@@ -11,6 +11,7 @@ use bittybot_host::warmup;
 use bittybot_host::{Runtime, Session, SessionOptions};
 
 use super::{BenchConfig, BenchError, CaseReport, ResidencyReport, Sample, summarize, turn};
+use bittybot_host::{GenerationStats, MemoryOutlook};
 
 fn warm(path: &Path) -> Result<warmup::WarmupReport, BenchError> {
     let f = File::open(path).map_err(|e| BenchError::Other(e.to_string()))?;
@@ -56,7 +57,7 @@ pub(super) fn cases(
         rt.configure(session, &o)
     };
     let mut after_evict = Vec::new();
-    let mut rows: Vec<(&str, Vec<(Sample, f32, f64)>)> = vec![
+    let mut rows: Vec<(&str, Vec<(Sample, GenerationStats)>)> = vec![
         ("(a) resident", Vec::new()),
         ("(b) evicted, no warmup", Vec::new()),
         ("(c) evicted, re-warm at send", Vec::new()),
@@ -125,8 +126,10 @@ pub(super) fn cases(
             ttft_ms: summarize(&v.iter().map(|x| x.0.ttft_ms).collect::<Vec<_>>()),
             prompt_tps: summarize(&v.iter().map(|x| x.0.prompt_tps).collect::<Vec<_>>()),
             decode_tps: summarize(&v.iter().map(|x| x.0.decode_tps).collect::<Vec<_>>()),
-            residency: summarize(&v.iter().map(|x| x.1 as f64).collect::<Vec<_>>()),
-            warmup_ms: summarize(&v.iter().map(|x| x.2).collect::<Vec<_>>()),
+            residency: summarize(&v.iter().map(|x| x.1.residency as f64).collect::<Vec<_>>()),
+            warmup_ms: summarize(&v.iter().map(|x| x.1.warmup_ms).collect::<Vec<_>>()),
+            paging_turns: v.iter().filter(|x| x.1.outlook == MemoryOutlook::Paging).count(),
+            turns: v.len(),
         })
         .collect();
     let vs_a = |i: usize| cases[i].ttft_ms.median / cases[0].ttft_ms.median.max(1e-9);

@@ -6,18 +6,19 @@ use super::{BenchReport, PathReport, ResidencyReport, Summary};
 fn residency_table(r: &ResidencyReport) -> String {
     let s = |x: Summary, p: usize| format!("{:.p$} [{:.p$}–{:.p$}]", x.median, x.min, x.max, p = p);
     let mut out = format!(
-        "\n{:<30} {:>26} {:>22} {:>22} {:>12} {:>10}\n",
-        "case", "TTFT ms", "prompt tok/s", "decode tok/s", "residency", "warmup ms"
+        "\n{:<30} {:>26} {:>22} {:>22} {:>12} {:>10} {:>8}\n",
+        "case", "TTFT ms", "prompt tok/s", "decode tok/s", "residency", "warmup ms", "paging"
     );
     for c in &r.cases {
         out.push_str(&format!(
-            "{:<30} {:>26} {:>22} {:>22} {:>12.2} {:>10.0}\n",
+            "{:<30} {:>26} {:>22} {:>22} {:>12.2} {:>10.0} {:>8}\n",
             c.case,
             s(c.ttft_ms, 1),
             s(c.prompt_tps, 0),
             s(c.decode_tps, 1),
             c.residency.median,
-            c.warmup_ms.median
+            c.warmup_ms.median,
+            format!("{}/{}", c.paging_turns, c.turns)
         ));
     }
     out.push_str(&format!(
@@ -96,6 +97,11 @@ pub fn table(r: &BenchReport) -> String {
         r.reps
     ));
     out.push_str(&conditions(r));
+    out.push_str(&format!("device fit at load: {}", r.fit_outlook));
+    for n in &r.fit_notes {
+        out.push_str(&format!("; {n}"));
+    }
+    out.push_str("\n\n");
     out.push_str(&format!(
         "{:<16} {:>9}  {:>24}  {:>24}  {:>24}\n",
         "path", "load ms", "TTFT ms", "prompt tok/s", "decode tok/s"
@@ -103,8 +109,11 @@ pub fn table(r: &BenchReport) -> String {
     out.push_str(&row("raw llama-cpp-2", &r.raw));
     out.push_str(&row("through guest", &r.guest));
     out.push_str(&format!(
-        "\nguest ÷ raw: decode {:.3}×, prompt {:.3}×; TTFT overhead: medians {:+.2} ms, paired {:+.2} ms [{:+.2}…{:+.2}] (ratio {:.4}×); same token counts: {}\n",
+        "\nguest ÷ raw: decode {:.3}× (paired {:.3} [{:.3}…{:.3}]), prompt {:.3}×; TTFT overhead: medians {:+.2} ms, paired {:+.2} ms [{:+.2}…{:+.2}] (ratio {:.4}×); same token counts: {}\n",
         r.decode_ratio,
+        r.decode_ratio_paired.median,
+        r.decode_ratio_paired.min,
+        r.decode_ratio_paired.max,
         r.prompt_ratio,
         r.ttft_overhead_ms,
         r.ttft_overhead_paired_ms.median,

@@ -5,7 +5,9 @@ use std::io::{BufRead, Write};
 use anyhow::Result;
 use clap::Args;
 
-use bittybot_host::{GenerationStats, Runtime, Session, SessionKind, SessionOptions, Sessions, StopReason};
+use bittybot_host::{
+    GenerationStats, MemoryOutlook, Runtime, Session, SessionKind, SessionOptions, Sessions, StopReason,
+};
 
 use super::{CliContext, ModelArgs};
 
@@ -52,7 +54,7 @@ pub fn stats_line(s: &GenerationStats) -> String {
         StopReason::Cancelled => "cancelled",
     };
     format!(
-        "[TTFT {:.0} ms · prompt {} tok, {:.1} tok/s · decode {} tok, {:.1} tok/s · KV {} · {}{}]",
+        "[TTFT {:.0} ms · prompt {} tok, {:.1} tok/s · decode {} tok, {:.1} tok/s · KV {} · {}{}{}]",
         s.ttft_ms,
         s.prompt_tokens,
         s.prompt_tokens_per_s,
@@ -60,7 +62,11 @@ pub fn stats_line(s: &GenerationStats) -> String {
         s.decode_tokens_per_s,
         s.kv_tokens,
         stop,
-        if s.dropped_turns > 0 { format!(" · dropped {} turns", s.dropped_turns) } else { String::new() }
+        if s.dropped_turns > 0 { format!(" · dropped {} turns", s.dropped_turns) } else { String::new() },
+        match s.outlook {
+            MemoryOutlook::Resident => "",
+            MemoryOutlook::Paging => " · the model cannot stay in memory here: replies are slow",
+        }
     )
 }
 

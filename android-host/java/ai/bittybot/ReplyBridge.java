@@ -18,9 +18,9 @@ final class ReplyBridge {
 
     void onDone(String stop, int promptTokens, int generatedTokens, int kvTokens, int droppedTurns, double ttftMs,
             double promptMs, double decodeMs, double promptTokensPerSecond, double decodeTokensPerSecond,
-            boolean prefixCached) {
+            boolean prefixCached, boolean canStayResident) {
         listener.onDone(new Stats(stop, promptTokens, generatedTokens, kvTokens, droppedTurns, ttftMs, promptMs,
-                decodeMs, promptTokensPerSecond, decodeTokensPerSecond, prefixCached));
+                decodeMs, promptTokensPerSecond, decodeTokensPerSecond, prefixCached, canStayResident));
     }
 
     void onError(String kind, String message) {

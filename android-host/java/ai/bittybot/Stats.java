@@ -24,10 +24,15 @@ public final class Stats {
     public final double decodeTokensPerSecond;
     /** The system turn came from the saved prefix (memory or disk) instead of being evaluated. */
     public final boolean prefixCached;
+    /**
+     * Whether the model can stay in memory on this device: false when the device-fit check at load or a
+     * warm pass since found memory too short, so replies will be slow (worth telling the user).
+     */
+    public final boolean canStayResident;
 
     Stats(String stop, int promptTokens, int generatedTokens, int kvTokens, int droppedTurns, double ttftMs,
             double promptMs, double decodeMs, double promptTokensPerSecond, double decodeTokensPerSecond,
-            boolean prefixCached) {
+            boolean prefixCached, boolean canStayResident) {
         this.stop = stop;
         this.promptTokens = promptTokens;
         this.generatedTokens = generatedTokens;
@@ -39,13 +44,14 @@ public final class Stats {
         this.promptTokensPerSecond = promptTokensPerSecond;
         this.decodeTokensPerSecond = decodeTokensPerSecond;
         this.prefixCached = prefixCached;
+        this.canStayResident = canStayResident;
     }
 
     @Override
     public String toString() {
         return String.format(java.util.Locale.ROOT,
-                "Stats{stop=%s, prompt=%d tok (%.1f tok/s), generated=%d tok (%.1f tok/s), kv=%d, dropped=%d, ttft=%.0f ms, prefix=%s}",
+                "Stats{stop=%s, prompt=%d tok (%.1f tok/s), generated=%d tok (%.1f tok/s), kv=%d, dropped=%d, ttft=%.0f ms, prefix=%s, memory=%s}",
                 stop, promptTokens, promptTokensPerSecond, generatedTokens, decodeTokensPerSecond, kvTokens,
-                droppedTurns, ttftMs, prefixCached ? "cached" : "evaluated");
+                droppedTurns, ttftMs, prefixCached ? "cached" : "evaluated", canStayResident ? "resident" : "paging");
     }
 }
