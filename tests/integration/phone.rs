@@ -277,7 +277,7 @@ fn config(dir: &Path, model: PathBuf, reps: usize, evict_reps: usize) -> BenchCo
         guest: bittybot_host::GuestSource::builtin(),
         threads: Some(2),
         threads_batch: Some(2),
-        n_ctx: 512,
+        n_ctx: Some(512),
         n_batch: 256,
         reps,
         prompt: "Name three colours.".into(),

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bittybot_host::{
-    GenerationStats, GuestSource, LoadOptions, MemoryOutlook, Message, ModelSource, Runtime, RuntimeError,
-    RuntimeOptions, Session, SessionKind, SessionOptions,
+    GenerationStats, GuestSource, KvType, LoadOptions, MemoryOutlook, Message, ModelSource, Runtime,
+    RuntimeError, RuntimeOptions, Session, SessionKind, SessionOptions,
 };
 use raw::RawWeights;
 use serde::Serialize;
@@ -42,8 +42,10 @@ pub struct BenchConfig {
     pub threads: Option<u32>,
     /// Prompt threads (default: the guest's choice).
     pub threads_batch: Option<u32>,
-    /// Context per sequence.
-    pub n_ctx: u32,
+    /// Context per sequence; `None`: the guest's device-fit policy picks
+    /// the context and KV type for the memory available, as in the app
+    /// (the raw loop then gets the same).
+    pub n_ctx: Option<u32>,
     /// Logical batch.
     pub n_batch: u32,
     /// Repetitions.
@@ -159,6 +161,10 @@ pub struct BenchReport {
     pub threads_batch: u32,
     /// Prompt tokens.
     pub prompt_tokens: u32,
+    /// Context per session, and who chose it (`-c` or the device fit).
+    pub n_ctx: u32,
+    /// KV cache type (`f16` or `q8_0`).
+    pub kv_type: String,
     /// Repetitions.
     pub reps: usize,
     /// Raw llama-cpp-2.
@@ -322,7 +328,7 @@ fn run_with(
     let t = Instant::now();
     let load = rt.load_model(&LoadOptions {
         source: ModelSource::Provided,
-        n_ctx: Some(cfg.n_ctx),
+        n_ctx: cfg.n_ctx,
         n_batch: Some(cfg.n_batch),
         threads: cfg.threads,
         threads_batch: cfg.threads_batch,
@@ -358,8 +364,9 @@ fn run_with(
     // The same context shape as the guest's (sequences × context), so only
     // the path differs.
     let shape = raw::RawShape {
-        n_ctx: cfg.n_ctx,
+        n_ctx: info.settings.n_ctx,
         n_seq: info.settings.n_seq_max,
+        kv: info.settings.kv_type,
         n_batch: cfg.n_batch,
         threads,
         threads_batch,
@@ -418,6 +425,12 @@ fn run_with(
         threads,
         threads_batch,
         prompt_tokens: prompt_tokens.len() as u32,
+        n_ctx: info.settings.n_ctx,
+        kv_type: match info.settings.kv_type {
+            KvType::F16 => "f16",
+            KvType::Q80 => "q8_0",
+        }
+        .to_owned(),
         reps: cfg.reps,
         decode_ratio: ratio(guest.decode_tps.median, raw.decode_tps.median),
         decode_ratio_paired: summarize(&decode_ratios),

@@ -17,7 +17,7 @@ fn restart(
     let mut rt = Runtime::start(runtime_options(cfg))?;
     rt.load_model(&LoadOptions {
         source: ModelSource::Provided,
-        n_ctx: Some(cfg.n_ctx),
+        n_ctx: cfg.n_ctx,
         n_batch: Some(cfg.n_batch),
         threads: Some(threads),
         threads_batch: Some(threads_batch),

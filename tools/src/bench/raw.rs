@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bittybot_host::KvType;
 use bittybot_host::llama::ffi::{Batch, Chain, Context, ContextParams, KvStorage, Link, Model, Token};
 
 use super::{BenchError, Sample, ms};
@@ -27,6 +28,8 @@ pub struct RawShape {
     pub threads: u32,
     /// Prompt threads.
     pub threads_batch: u32,
+    /// KV cache type.
+    pub kv: KvType,
 }
 
 /// Where the raw loop keeps its copy of the weights.
@@ -63,7 +66,10 @@ impl RawLoop {
             n_seq_max: s.n_seq,
             threads: s.threads as i32,
             threads_batch: s.threads_batch as i32,
-            kv: KvStorage::F16,
+            kv: match s.kv {
+                KvType::F16 => KvStorage::F16,
+                KvType::Q80 => KvStorage::Q8_0,
+            },
             embeddings: false,
         };
         let ctx = Context::new(Arc::new(model), &params, None, None)

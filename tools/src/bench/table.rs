@@ -88,11 +88,13 @@ pub fn table(r: &BenchReport) -> String {
     };
     let mut out = String::new();
     out.push_str(&format!(
-        "model {} ({:.1} MB), threads {}/{} (decode/prompt), prompt {} tokens, {} repetitions (median [min–max])\n\n",
+        "model {} ({:.1} MB), threads {}/{} (decode/prompt), context {} per session, KV {}, prompt {} tokens, {} repetitions (median [min–max])\n\n",
         r.model,
         r.model_bytes as f64 / 1e6,
         r.threads,
         r.threads_batch,
+        r.n_ctx,
+        r.kv_type,
         r.prompt_tokens,
         r.reps
     ));

@@ -261,6 +261,12 @@ pub struct BenchArgs {
     /// Stop with an error if a stage makes no progress for this long, s.
     #[arg(long, default_value_t = 1800)]
     pub stall_timeout_s: u64,
+    /// Let the guest's device-fit policy pick the context and KV type for
+    /// the memory available, as the app does (instead of -c, default 2048);
+    /// the raw loop gets the same. With --available-mb: what the policy
+    /// does under pressure.
+    #[arg(long, conflicts_with = "ctx_size")]
+    pub device_fit: bool,
 }
 
 const BENCH_HELP: &str = "\
@@ -326,7 +332,7 @@ pub fn bench(ctx: &super::CliContext, a: &BenchArgs) -> Result<()> {
         guest: ctx.guest.clone(),
         threads: a.model.threads,
         threads_batch: a.model.threads_batch,
-        n_ctx: a.model.ctx_size.unwrap_or(2048),
+        n_ctx: if a.device_fit { None } else { Some(a.model.ctx_size.unwrap_or(2048)) },
         n_batch: a.model.batch_size.unwrap_or(512),
         reps: a.reps,
         prompt: a.prompt.clone(),
