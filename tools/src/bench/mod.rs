@@ -397,6 +397,10 @@ fn run_with(
         raw_samples.push(r);
         guest_samples.push(g);
     }
+    // The raw loop's context (its KV cache and compute buffers) is not the
+    // app's: under a memory balloon it would take memory the residency
+    // cases, which measure the app's conditions, should have.
+    drop(raw);
     let residency = if cfg.evict_reps > 0 {
         progress("page residency cases");
         Some(residency::cases(cfg, &mut rt, &session, &mut progress)?)
