@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, Write};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Args;
 
 use bittybot_host::{
@@ -28,6 +28,11 @@ pub struct ChatArgs {
     /// Maximum new tokens per reply.
     #[arg(short = 'n', long)]
     pub max_tokens: Option<u32>,
+    /// Serve the -m model through a throttled FUSE mount at a phone's flash
+    /// speed (ufs2 or emmc, as `bench --storage`); needs /dev/fuse.
+    /// Unmounted when the chat ends, on error and on Ctrl-C.
+    #[arg(long, value_name = "PROFILE", requires = "model")]
+    pub storage: Option<String>,
 }
 
 /// Arguments of `translate`.
@@ -106,7 +111,26 @@ fn kind(translation: bool) -> SessionKind {
 
 /// `bittybot chat`.
 pub fn chat(ctx: &CliContext, args: &ChatArgs) -> Result<()> {
-    let (mut rt, info) = args.model.open(ctx)?;
+    use bittybot_tools::phone::storage::{self, Mount};
+    let (Some(name), Some(model)) = (&args.storage, &args.model.model) else {
+        return chat_on(ctx, args, &args.model);
+    };
+    let profile = storage::named(name).with_context(|| {
+        format!("unknown storage profile {name:?}; known: {}", storage::PROFILES.join(", "))
+    })?;
+    let mount = Mount::new(model, profile, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let served = ModelArgs { model: Some(mount.path_of(model)), ..args.model.clone() };
+    if ctx.verbose {
+        eprintln!("serving {} through {}", model.display(), mount.mountpoint().display());
+    }
+    // The runtime (and its mapping of the model) ends inside chat_on, before the unmount.
+    let result = chat_on(ctx, args, &served);
+    let unmounted = mount.unmount().context("unmounting the throttled storage");
+    result.and(unmounted)
+}
+
+fn chat_on(ctx: &CliContext, args: &ChatArgs, model: &ModelArgs) -> Result<()> {
+    let (mut rt, info) = model.open(ctx)?;
     let mut sessions = Sessions::default();
     sessions.configure(&mut rt, SessionKind::Chat, session_options(args))?;
     if let Some(prompt) = &args.prompt {
