@@ -412,6 +412,9 @@ pub fn bench(ctx: &super::CliContext, a: &BenchArgs) -> Result<()> {
         bittybot_tools::phone::plot::sweep(png, &title, &series).map_err(anyhow::Error::msg)?;
         eprintln!("bench: plot written to {}", png.display());
     }
+    if !a.json && reports.len() > 1 {
+        print!("{}", sweep_summary(&reports));
+    }
     if a.json {
         if reports.len() == 1 && a.plot.is_none() {
             println!("{}", serde_json::to_string_pretty(&reports[0])?);
@@ -423,4 +426,30 @@ pub fn bench(ctx: &super::CliContext, a: &BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One line per sweep point: what the device fit chose and judged, and what
+/// the turns found.
+fn sweep_summary(reports: &[bittybot_tools::bench::BenchReport]) -> String {
+    let mut out = format!(
+        "{:>10} {:>8} {:>6} {:>10} {:>14} {:>14} {:>14}\n",
+        "available", "context", "KV", "fit", "decode raw", "decode guest", "paging turns"
+    );
+    for r in reports {
+        let paging = r.residency.as_ref().map_or("-".to_owned(), |res| {
+            let (p, n) = res.cases.iter().fold((0, 0), |(p, n), c| (p + c.paging_turns, n + c.turns));
+            format!("{p}/{n}")
+        });
+        out.push_str(&format!(
+            "{:>10} {:>8} {:>6} {:>10} {:>14.1} {:>14.1} {:>14}\n",
+            r.conditions.available_mb.map_or("-".to_owned(), |n| format!("{n} MB")),
+            r.n_ctx,
+            r.kv_type,
+            r.fit_outlook,
+            r.raw.decode_tps.median,
+            r.guest.decode_tps.median,
+            paging
+        ));
+    }
+    out
 }
