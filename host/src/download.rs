@@ -34,6 +34,8 @@ pub struct DownloadRequest {
     pub url: String,
     /// The `.part` file, opened for appending.
     pub part: File,
+    /// Its writing mark (it cannot be mapped while the transfer runs).
+    pub writing: crate::fs::InUseGuard,
     /// The size the file must have.
     pub expected_size: u64,
     /// What may be fetched.

@@ -56,34 +56,77 @@ pub enum FsError {
     Io(String),
 }
 
-/// Inodes in use by a mapping, with a count each.
+/// Inodes mapped (a loaded model, a warm pass) and inodes held open for
+/// writing by a background job (a download), with a count each. One lock
+/// covers both, so a file is never mapped and written at once: a writer
+/// truncating a mapped file would end the process with SIGBUS on the next
+/// read of the mapping.
 #[derive(Debug, Default, Clone)]
-pub struct InUse(Arc<Mutex<HashMap<(u64, u64), usize>>>);
+pub struct InUse(Arc<Mutex<Marks>>);
+
+#[derive(Debug, Default)]
+struct Marks {
+    mapped: HashMap<(u64, u64), usize>,
+    writing: HashMap<(u64, u64), usize>,
+}
+
+/// What an [`InUseGuard`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Mapped,
+    Writing,
+}
 
 /// An inode marked in use until dropped.
 #[derive(Debug)]
 pub struct InUseGuard {
     set: InUse,
     key: (u64, u64),
+    what: Use,
 }
 
 impl InUse {
-    /// Mark the file behind `fd` as in use.
+    fn marks(&self) -> std::sync::MutexGuard<'_, Marks> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Mark the file behind `fd` as mapped; refused (`ResourceBusy`) while a
+    /// job writes it.
     pub fn mark(&self, fd: impl AsFd) -> std::io::Result<InUseGuard> {
+        self.add(fd, Use::Mapped)
+    }
+
+    /// Mark the file behind `fd` as being written by a job; refused
+    /// (`ResourceBusy`) while it is mapped.
+    pub fn mark_writing(&self, fd: impl AsFd) -> std::io::Result<InUseGuard> {
+        self.add(fd, Use::Writing)
+    }
+
+    fn add(&self, fd: impl AsFd, what: Use) -> std::io::Result<InUseGuard> {
         let st = rustix::fs::fstat(fd)?;
         let key = (st.st_dev as u64, st.st_ino as u64);
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
-        Ok(InUseGuard { set: self.clone(), key })
+        let mut m = self.marks();
+        let (other, mine) = match what {
+            Use::Mapped => (&m.writing, "being written by a download"),
+            Use::Writing => (&m.mapped, "in use by the loaded model"),
+        };
+        if other.contains_key(&key) {
+            return Err(std::io::Error::new(std::io::ErrorKind::ResourceBusy, mine));
+        }
+        let map = if what == Use::Mapped { &mut m.mapped } else { &mut m.writing };
+        *map.entry(key).or_default() += 1;
+        Ok(InUseGuard { set: self.clone(), key, what })
     }
 
     fn contains(&self, st: &rustix::fs::Stat) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&(st.st_dev as u64, st.st_ino as u64))
+        self.marks().mapped.contains_key(&(st.st_dev as u64, st.st_ino as u64))
     }
 }
 
 impl Drop for InUseGuard {
     fn drop(&mut self) {
-        let mut map = self.set.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.set.marks();
+        let map = if self.what == Use::Mapped { &mut m.mapped } else { &mut m.writing };
         if let Some(n) = map.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -205,7 +248,9 @@ impl Folder {
         let fd = rustix::fs::openat(
             self.dir.as_fd(),
             name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            // NONBLOCK: opening a FIFO someone put here would otherwise wait
+            // for a writer for ever; a regular file ignores the flag.
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| self.io(name, e.into()))?;
@@ -319,27 +364,30 @@ impl Folder {
 
     /// Open (creating) a file to append to, e.g. a download's `.part`:
     /// never a link, never a file in use or with other hard links.
-    pub fn open_append(&self, name: &str) -> Result<File, FsError> {
+    /// The file comes with its writing mark: while the guard lives, the file
+    /// cannot be mapped (loaded or warmed), so the job may truncate it.
+    pub fn open_append(&self, name: &str) -> Result<(File, InUseGuard), FsError> {
         self.checked(name)?;
         let fd = rustix::fs::openat(
             self.dir.as_fd(),
             name,
-            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| self.io(name, e.into()))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| self.io(name, e.into()))?;
         self.regular(name, &st)?;
-        if self.in_use.contains(&st) {
-            return Err(FsError::NotPermitted(format!(
-                "{} is in use by the loaded model",
-                self.guest_name(name)
-            )));
-        }
         if st.st_nlink > 1 {
             return Err(FsError::NotPermitted(format!("{} has other hard links", self.guest_name(name))));
         }
-        Ok(File::from(fd))
+        let guard = self.in_use.mark_writing(&fd).map_err(|e| {
+            FsError::NotPermitted(format!(
+                "{} is {}",
+                self.guest_name(name),
+                e.into_inner().map_or_else(|| "in use".into(), |e| e.to_string())
+            ))
+        })?;
+        Ok((File::from(fd), guard))
     }
 
     /// Delete a file (a link itself, never what it points to); false when absent.
@@ -530,5 +578,36 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("models/m.gguf")).unwrap(), b"model");
         drop(guard);
         f.write("m.gguf", b"new model").unwrap();
+    }
+
+    #[test]
+    fn a_fifo_put_in_a_folder_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Folder::open(Root::Models, &dir.path().join("models"), 1 << 20, InUse::default()).unwrap();
+        let fifo = std::ffi::CString::new(dir.path().join("models/fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a plain syscall on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let t = std::time::Instant::now();
+        let err = f.open_read("fifo").unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(f.read("fifo", 100).is_err());
+        assert!(f.open_append("fifo").is_err());
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_file_being_written_by_a_job_cannot_be_mapped_until_the_job_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let in_use = InUse::default();
+        let f = Folder::open(Root::Models, &dir.path().join("models"), 1 << 20, in_use.clone()).unwrap();
+        let (part, writing) = f.open_append("d.gguf").unwrap();
+        let err = in_use.mark(&f.open_read("d.gguf").unwrap()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy, "{err}");
+        assert!(f.open_append("d.gguf").is_ok(), "two writers do not crash anything");
+        drop((part, writing));
+        let mapped = in_use.mark(&f.open_read("d.gguf").unwrap()).unwrap();
+        let err = f.open_append("d.gguf").unwrap_err();
+        assert!(err.to_string().contains("in use by the loaded model"), "{err}");
+        drop(mapped);
     }
 }

@@ -16,6 +16,11 @@ pub struct Limits {
     /// work for it (decoding, loading, hashing…) but counting the guest's
     /// code, its sleeps and its waits on background jobs.
     pub call_time: Duration,
+    /// Wall-clock time one call into the guest may take in all, the host's
+    /// work for it included: the guest cannot keep the host busy for it
+    /// without end by asking again and again (each import's work is
+    /// bounded by the limits below).
+    pub call_wall_time: Duration,
     /// Longest a single `wait` on a background job may block (the guest's
     /// timeout is clamped to this and to what is left of `call_time`).
     pub wait: Duration,
@@ -49,6 +54,9 @@ impl Default for Limits {
         Limits {
             guest_memory: 64 << 20,
             call_time: Duration::from_secs(5),
+            // A first turn evaluates up to a whole context (16,384 tokens at
+            // most) in one call: minutes on a slow phone, not tens of them.
+            call_wall_time: Duration::from_secs(600),
             wait: Duration::from_secs(1),
             host_memory: 512 << 20,
             samplers: 16,

@@ -3,8 +3,9 @@
 //! and the sampler argument checks in front of the sampler constructors.
 //! llama.cpp aborts the process on some bad input (GGML_ASSERT), so the
 //! property is that the test process survives: every mangled file is an
-//! error of our reader or validator, or a file llama.cpp loads or refuses
-//! by returning NULL; every accepted sampler configuration builds.
+//! error of our reader or validator, or a file llama.cpp loads (and decodes
+//! a token with, or refuses to) or refuses by returning NULL; every
+//! accepted sampler configuration builds.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -13,7 +14,7 @@ use bittybot_host::bindings::inference::SamplerConfig;
 use bittybot_host::gguf::Gguf;
 use bittybot_host::limits::Limits;
 use bittybot_host::llama::chain_links;
-use bittybot_host::llama::ffi::{Chain, Link, Model};
+use bittybot_host::llama::ffi::{Batch, Chain, Context, ContextParams, KvStorage, Link, Model};
 use bittybot_tests::{model_file, temp_dir};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -77,7 +78,12 @@ fn a_mangled_gguf_header_is_an_error_or_a_clean_load_never_an_abort() {
             // What the pre-check let through reaches llama.cpp's loader: it
             // may refuse it (NULL), but it must not take the process down.
             match Model::load(path.to_str().unwrap(), true) {
-                Ok(Some(_)) => loaded.set(loaded.get() + 1),
+                // ggml asserts on some model numbers only in a decode: one
+                // token through a context (an error is fine, an abort is not).
+                Ok(Some(model)) => {
+                    let _ = decode_one(model);
+                    loaded.set(loaded.get() + 1)
+                }
                 Ok(None) => llama_refused.set(llama_refused.get() + 1),
                 Err(e) => return Err(TestCaseError::fail(format!("{mutations:?}: {e}"))),
             }
@@ -87,6 +93,91 @@ fn a_mangled_gguf_header_is_an_error_or_a_clean_load_never_an_abort() {
     let (refused, llama_refused, loaded) = (refused.get(), llama_refused.get(), loaded.get());
     eprintln!("refused by the pre-check {refused}, refused by llama.cpp {llama_refused}, loaded {loaded}");
     assert!(refused > 0, "no mutation was refused: the generator does not reach the header");
+}
+
+/// The tiny model with the 4-byte value of `key` (a u32 or f32 key) replaced.
+fn with_value(original: &[u8], key: &str, value: [u8; 4]) -> Vec<u8> {
+    let mut needle = (key.len() as u64).to_le_bytes().to_vec();
+    needle.extend(key.as_bytes());
+    let at = original.windows(needle.len()).position(|w| w == needle).unwrap_or_else(|| panic!("no {key}"));
+    // The key, its 4-byte type, then the value.
+    let v = at + needle.len() + 4;
+    let mut bytes = original.to_vec();
+    bytes[v..v + 4].copy_from_slice(&value);
+    bytes
+}
+
+#[test]
+fn numbers_ggml_asserts_or_loops_on_are_refused_before_llama_sees_them() {
+    let original = std::fs::read(model_file("tiny-aya-cohere2-f16.gguf")).unwrap();
+    let archs: Vec<String> = Limits::default().architectures;
+    let archs: Vec<&str> = archs.iter().map(String::as_str).collect();
+    let check =
+        |bytes: &[u8]| Gguf::read(&mut &bytes[..], bytes.len() as u64).and_then(|g| g.validate_model(&archs));
+    check(&original).unwrap();
+    // Found by an independent hostile guest: rope dimensions 1 and odd
+    // (GGML_ASSERT n_dims % 2 == 0), 0 (ggml's RoPE loop never ends), a
+    // negative or NaN norm epsilon (GGML_ASSERT eps >= 0), and 2^32-1
+    // layers (16.9 GB allocated for the per-layer lists before the check).
+    let cases: Vec<(&str, [u8; 4], &str)> = vec![
+        ("cohere2.rope.dimension_count", 0u32.to_le_bytes(), "RoPE over 0 dimensions"),
+        ("cohere2.rope.dimension_count", 1u32.to_le_bytes(), "RoPE over 1 dimensions"),
+        ("cohere2.rope.dimension_count", 63u32.to_le_bytes(), "RoPE over 63 dimensions"),
+        ("cohere2.rope.dimension_count", 66u32.to_le_bytes(), "RoPE over 66 dimensions"),
+        ("cohere2.attention.layer_norm_epsilon", (-1.0f32).to_le_bytes(), "layer_norm_epsilon is -1"),
+        ("cohere2.attention.layer_norm_epsilon", f32::NAN.to_le_bytes(), "layer_norm_epsilon is NaN"),
+        ("cohere2.rope.freq_base", 0.0f32.to_le_bytes(), "freq_base is 0"),
+        ("cohere2.logit_scale", f32::INFINITY.to_le_bytes(), "logit_scale is inf"),
+        ("cohere2.block_count", u32::MAX.to_le_bytes(), "4294967295 layers"),
+    ];
+    for (key, value, want) in cases {
+        let peak_before = peak_rss_kib();
+        let err = check(&with_value(&original, key, value)).expect_err(key).to_string();
+        assert!(err.contains(want), "{key}: {err}");
+        assert!(peak_rss_kib() < peak_before + 64 * 1024, "{key}: the check itself allocated");
+    }
+    // Partial RoPE (an even count below the head size) is a real model
+    // shape: accepted, and it loads and decodes.
+    let partial = with_value(&original, "cohere2.rope.dimension_count", 32u32.to_le_bytes());
+    check(&partial).unwrap();
+    let dir = temp_dir();
+    let path = dir.path().join("partial.gguf");
+    std::fs::write(&path, &partial).unwrap();
+    bittybot_host::llama::backend();
+    let model = Model::load(path.to_str().unwrap(), true).unwrap().expect("llama.cpp loads it");
+    decode_one(model).unwrap();
+}
+
+/// Peak resident memory of this process (VmHWM), KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A context on `model` and one decoded token: where ggml's asserts on
+/// model numbers fire (the loader alone does not reach them).
+fn decode_one(model: Model) -> Result<(), String> {
+    let params = ContextParams {
+        n_ctx: 64,
+        n_batch: 16,
+        n_ubatch: 16,
+        n_seq_max: 1,
+        threads: 1,
+        threads_batch: 1,
+        kv: KvStorage::F16,
+        embeddings: false,
+    };
+    let mut ctx = Context::new(std::sync::Arc::new(model), &params, None, None)?;
+    let mut batch = Batch::default();
+    batch.add(1, 0, 0, true);
+    match ctx.decode(&mut batch)? {
+        0 => Ok(()),
+        code => Err(format!("decode returned {code}")),
+    }
 }
 
 /// Mostly a value from `usual`, sometimes anything (NaN, infinities, extremes).

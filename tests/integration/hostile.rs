@@ -149,6 +149,26 @@ fn the_loaded_model_file_is_never_truncated_or_replaced() {
 }
 
 #[test]
+fn a_file_a_download_is_writing_is_not_mapped() {
+    let dir = data_dir();
+    std::fs::copy(demo_model(), dir.path().join("models/victim.gguf")).unwrap();
+    // The server holds its answer, so the transfer is still running when
+    // the guest asks to load the file it writes.
+    let server = FileServer::start(b"x".to_vec());
+    server.set(|f| f.stall = Some(Duration::from_secs(3)));
+    let mut rt = runtime(dir.path(), |_| {});
+    let report = attack(&mut rt, &format!("download-then-load victim.gguf {}", server.url()));
+    let l = outcome(&report, "load while the download runs");
+    assert!(
+        l.contains("error InferenceError::LoadFailed") && l.contains("being written by a download"),
+        "{l}"
+    );
+    assert!(outcome(&report, "decode after").contains("error InferenceError::NoModel"), "{report}");
+    no_host_paths(&report, &[dir.path()]);
+    alive(&mut rt);
+}
+
+#[test]
 fn downloads_go_only_where_the_app_allows() {
     let dir = data_dir();
     let logger = FileServer::start(b"x".repeat(100));

@@ -593,6 +593,10 @@ impl Gguf {
             }
         };
         let n_layer = need("block_count")?;
+        // Before anything is sized by it (the per-layer lists below).
+        if n_layer == 0 || u64::from(n_layer) > MAX_LAYERS {
+            return Err(GgufError::Unsupported(format!("{n_layer} layers (1 to {MAX_LAYERS})")));
+        }
         let n_embd = need("embedding_length")?;
         let n_ctx_train = need("context_length")?;
         let n_head = per_layer(self, &key("attention.head_count"), n_layer)?

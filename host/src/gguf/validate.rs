@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{Array, Gguf, GgufError, MAX_LAYERS, ModelShape, Value};
+use super::{Array, Gguf, GgufError, ModelShape, Value};
 
 impl Gguf {
     /// Check what llama.cpp's loader would otherwise abort on, and that the
@@ -20,9 +20,6 @@ impl Gguf {
             ));
         }
         let s = self.shape()?;
-        if s.n_layer == 0 || u64::from(s.n_layer) > MAX_LAYERS {
-            return unsupported(format!("{} layers (1 to {MAX_LAYERS})", s.n_layer));
-        }
         if s.n_embd == 0 || s.n_ctx_train == 0 {
             return unsupported("an embedding width or training context of 0".into());
         }
@@ -46,6 +43,7 @@ impl Gguf {
                 }
             }
         }
+        self.validate_numbers(arch, &s)?;
         for k in ["expert_count", "expert_used_count", "nextn_predict_layers"] {
             if self.uint(&format!("{arch}.{k}")).is_some_and(|n| n != 0) {
                 return unsupported(format!(
@@ -59,6 +57,62 @@ impl Gguf {
             }
         }
         self.validate_vocab(&s)
+    }
+
+    /// Values of the right type that ggml still asserts on (or loops on)
+    /// in the first decode: the RoPE dimension count must be even, at least
+    /// 2 and at most the head size (0 made ggml's RoPE loop never end; an
+    /// odd count fails `n_dims % 2 == 0`); a norm epsilon must be a finite
+    /// number ≥ 0 (`eps >= 0.0f`); the other float parameters finite, and
+    /// the RoPE base and head sizes positive.
+    fn validate_numbers(&self, arch: &str, s: &ModelShape) -> Result<(), GgufError> {
+        let unsupported = |s: String| Err(GgufError::Unsupported(s));
+        let key = |k: &str| format!("{arch}.{k}");
+        for k in ["attention.key_length", "attention.value_length"] {
+            if self.uint(&key(k)) == Some(0) {
+                return unsupported(format!("{} is 0", key(k)));
+            }
+        }
+        if s.head_dim == 0 {
+            return unsupported("a head size of 0".into());
+        }
+        let n_rot = self.uint(&key("rope.dimension_count")).unwrap_or(u64::from(s.head_dim));
+        if n_rot < 2 || n_rot % 2 != 0 || n_rot > u64::from(s.head_dim) {
+            return unsupported(format!(
+                "RoPE over {n_rot} dimensions (an even number from 2 to the head size {})",
+                s.head_dim
+            ));
+        }
+        let float = |k: &str| match self.get(&key(k)) {
+            Some(Value::F32(v)) => Some(*v),
+            _ => None,
+        };
+        for k in ["attention.layer_norm_epsilon", "attention.layer_norm_rms_epsilon"] {
+            if let Some(e) = float(k) {
+                if !e.is_finite() || e < 0.0 {
+                    return unsupported(format!("{} is {e} (a finite number ≥ 0)", key(k)));
+                }
+            }
+        }
+        if let Some(b) = float("rope.freq_base") {
+            if !b.is_finite() || b <= 0.0 {
+                return unsupported(format!("{} is {b} (a finite number > 0)", key("rope.freq_base")));
+            }
+        }
+        for k in [
+            "rope.scaling.factor",
+            "rope.freq_scale",
+            "logit_scale",
+            "attn_logit_softcapping",
+            "final_logit_softcapping",
+        ] {
+            if let Some(v) = float(k) {
+                if !v.is_finite() {
+                    return unsupported(format!("{} is {v} (a finite number)", key(k)));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_vocab(&self, s: &ModelShape) -> Result<(), GgufError> {

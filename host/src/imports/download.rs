@@ -51,10 +51,11 @@ impl DownloadCtx {
         let models = &self.folders.models;
         let have = models.stat(&req.dest.name)?.map_or(0, |s| s.size);
         models.check_quota(req.expected_size.saturating_sub(have), 0)?;
-        let part = models.open_append(&req.dest.name)?;
+        let (part, writing) = models.open_append(&req.dest.name)?;
         Ok(DownloadRequest {
             url: req.url,
             part,
+            writing,
             expected_size: req.expected_size,
             policy: self.policy.clone(),
         })

@@ -108,7 +108,7 @@ impl wit::HostWarmup for FilesCtx {
         // stop a background warmup; the guest cancels it explicitly.
         let job = self.job("warmup", None, move |ctx| {
             let m = opened?;
-            let _mapped = in_use.mark(&m.file).map_err(|e| FileError::Io(e.kind().to_string()))?;
+            let _mapped = in_use.mark(&m.file).map_err(|e| FileError::Io(e.to_string()))?;
             let ranges = match order {
                 WarmOrder::File => Vec::new(),
                 WarmOrder::ForwardPass => {

@@ -115,12 +115,30 @@ impl InferenceCtx {
     /// our own reader, against the architectures this host runs.
     fn open_checked(&self, source: &ModelSource) -> Result<(ModelFile, Gguf), InferenceError> {
         let mut m = self.folders.open_model(source)?;
+        let gguf = self.check(&mut m)?;
+        Ok((m, gguf))
+    }
+
+    /// Open a model to map it: marked mapped first (refused while a
+    /// download writes it, and no download can start on it while marked),
+    /// then checked, so what llama.cpp maps is what was checked.
+    fn open_for_mapping(
+        &self,
+        source: &ModelSource,
+    ) -> Result<(ModelFile, Gguf, InUseGuard), InferenceError> {
+        let mut m = self.folders.open_model(source)?;
+        let mapped = self.folders.in_use.mark(&m.file).map_err(|e| load_failed(&m.name, e))?;
+        let gguf = self.check(&mut m)?;
+        Ok((m, gguf, mapped))
+    }
+
+    fn check(&self, m: &mut ModelFile) -> Result<Gguf, InferenceError> {
         let size = m.file.metadata().map_err(|e| load_failed(&m.name, e.kind()))?.len();
         let gguf = Gguf::read(&mut std::io::BufReader::new(&mut m.file), size)
             .map_err(|e| load_failed(&m.name, e))?;
         let archs: Vec<&str> = self.limits.architectures.iter().map(String::as_str).collect();
         gguf.validate_model(&archs).map_err(|e| load_failed(&m.name, e))?;
-        Ok((m, gguf))
+        Ok(gguf)
     }
 
     /// What the guest learns about a model loaded with `settings` (those in effect).
@@ -186,7 +204,7 @@ impl wit::Host for InferenceCtx {
         let clock = self.clock.clone();
         clock.work(|| {
             self.free();
-            let (m, gguf) = self.open_checked(&source)?;
+            let (m, gguf, in_use) = self.open_for_mapping(&source)?;
             let path = fd_path(&m.file);
             let (limits, cancel, name) = (self.limits.clone(), self.cancel.clone(), m.name.clone());
             let model = self
@@ -205,7 +223,6 @@ impl wit::Host for InferenceCtx {
                     Ok(model)
                 })
                 .and_then(|r| r)?;
-            let in_use = self.folders.in_use.mark(&m.file).map_err(|e| load_failed(&m.name, e.kind()))?;
             let shape = self.thread.call(|st| st.ctx.as_ref().map(|c| (c.n_ctx_seq(), c.n_batch())))?;
             let (n_ctx, n_batch) = shape.ok_or(InferenceError::NoModel)?;
             let info = Self::model_info(&m, &model, &gguf, LoadSettings { n_ctx, n_batch, ..s });

@@ -180,6 +180,8 @@ impl ModelContext {
     pub fn kv_clear(&mut self, seq: u32) -> Result<(), LlamaError> {
         let s = self.check_seq(seq)?;
         self.ctx.seq_rm(s, -1, -1);
+        // The last batch's logits no longer follow from what the cache holds.
+        self.has_logits = false;
         Ok(())
     }
 

@@ -6,6 +6,11 @@
 //! inside [`CallClock::work`]). The epoch callback stops the guest when the
 //! budget is spent; waits and sleeps are clamped to what is left, so a
 //! guest cannot block a call by waiting either.
+//!
+//! The host's work is bounded per import (batch sizes, tokenize bytes), but
+//! a guest can ask for it again and again; so a call also has a wall-clock
+//! limit for everything, host work included (`call_wall_time`), checked by
+//! the same callback between the guest's instructions.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +21,7 @@ struct Inner {
     start: Mutex<Instant>,
     work_ns: AtomicU64,
     budget_ns: AtomicU64,
+    wall_ns: AtomicU64,
 }
 
 /// The clock of the current call, shared by the store and the imports.
@@ -23,12 +29,13 @@ struct Inner {
 pub struct CallClock(Arc<Inner>);
 
 impl CallClock {
-    /// A clock with this budget per call.
-    pub fn new(budget: Duration) -> Self {
+    /// A clock with this guest-time budget and this wall-clock limit per call.
+    pub fn new(budget: Duration, wall: Duration) -> Self {
         CallClock(Arc::new(Inner {
             start: Mutex::new(Instant::now()),
             work_ns: AtomicU64::new(0),
             budget_ns: AtomicU64::new(budget.as_nanos() as u64),
+            wall_ns: AtomicU64::new(wall.as_nanos().min(u64::MAX as u128) as u64),
         }))
     }
 
@@ -69,8 +76,18 @@ impl CallClock {
         asked.min(cap).min(left)
     }
 
-    /// Why the guest must stop, once it has used more than its budget.
+    /// Why the guest must stop, once it has used more than its budget or
+    /// the call has run longer than its wall-clock limit.
     pub fn over_budget(&self) -> Option<String> {
+        let start = *self.0.start.lock().unwrap_or_else(|e| e.into_inner());
+        let wall = Duration::from_nanos(self.0.wall_ns.load(Ordering::Relaxed));
+        if start.elapsed() > wall {
+            return Some(format!(
+                "the call ran for {} s, the host's work for it included (limit `call_wall_time`, {} s)",
+                start.elapsed().as_secs(),
+                wall.as_secs()
+            ));
+        }
         let used = self.guest_time();
         (used > self.budget()).then(|| {
             format!(
@@ -96,12 +113,25 @@ mod tests {
 
     #[test]
     fn host_work_is_not_charged_and_waits_are_clamped() {
-        let c = CallClock::new(Duration::from_millis(200));
+        let c = CallClock::new(Duration::from_millis(200), Duration::from_secs(60));
         c.start_call();
         c.work(|| std::thread::sleep(Duration::from_millis(300)));
         assert!(c.guest_time() < Duration::from_millis(100), "{:?}", c.guest_time());
         std::thread::sleep(Duration::from_millis(120));
         assert!(c.clamp_wait(Duration::from_secs(10), Duration::from_secs(1)) <= Duration::from_millis(80));
         assert_eq!(c.clamp_wait(Duration::from_millis(5), Duration::from_secs(1)), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn host_work_counts_against_the_wall_clock_limit() {
+        let c = CallClock::new(Duration::from_secs(5), Duration::from_millis(150));
+        c.start_call();
+        for _ in 0..2 {
+            c.work(|| std::thread::sleep(Duration::from_millis(100)));
+        }
+        let why = c.over_budget().expect("200 ms of host work against a 150 ms wall limit");
+        assert!(why.contains("call_wall_time"), "{why}");
+        c.start_call();
+        assert_eq!(c.over_budget(), None, "a new call starts afresh");
     }
 }

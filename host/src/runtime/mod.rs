@@ -178,7 +178,7 @@ impl Runtime {
         let thread = InferenceThread::start(limits)?;
         let linker = store::linker(engine)
             .map_err(|e| GuestError::Instantiate { label: label.clone(), reason: format!("{e:#}") })?;
-        let clock = CallClock::new(limits.call_time);
+        let clock = CallClock::new(limits.call_time, limits.call_wall_time);
         let data = StoreData {
             wasi: store::wasi(),
             table: ResourceTable::new(),

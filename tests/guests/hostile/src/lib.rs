@@ -7,7 +7,7 @@
 //! Imports: `import-links`, `huge-penalty`, `crafted-gguf`, `truncate-model
 //! NAME`, `exfiltrate URL`, `samplers`, `snapshots NAME`, `big-context NAME`,
 //! `big-download URL`, `state-flood`, `tokenize-specials BYTES NAME`,
-//! `stalled-transfer URL`, `load NAME`, `waits URL`.
+//! `stalled-transfer URL`, `load NAME`, `waits URL`, `download-then-load NAME URL`.
 //!
 //! Everything else answers `not-ready`: this guest is only for the tests.
 
@@ -284,6 +284,23 @@ fn attack(cmd: &str) -> String {
             let t = std::time::Instant::now();
             let n = inf::tokenize(&text, true).map(|t| t.len());
             r += &format!("tokenize {} bytes: {:?} in {} ms\n", text.len(), n, t.elapsed().as_millis());
+            r
+        }
+        "download-then-load" => {
+            // A transfer that will truncate NAME (the file is longer than the
+            // size it claims) and, while it runs, a load that would map it:
+            // a truncation under a mapping is SIGBUS on the next decode.
+            let _ = inf::unload();
+            let t = download::Transfer::new(&download::Request {
+                url: arg2.clone(),
+                dest: file(types::Root::Models, &arg),
+                expected_size: 1,
+            });
+            let mut r = line("load while the download runs", inf::load(&managed(&arg), settings(256)).map(|i| i.n_vocab));
+            let tokens = inf::tokenize("Hello there", false).unwrap_or_default();
+            r += &line("decode after", inf::decode(0, &tokens));
+            t.cancel();
+            r += &line("the transfer", wait_transfer(&t).map(|_| ()));
             r
         }
         "stalled-transfer" => {
