@@ -11,7 +11,8 @@
 //! pages the decode is about to use. So a pass that ends with the file
 //! still below [`REWARM_BELOW`] means "this device cannot hold the model
 //! now", and no further pass starts for this model until it is loaded
-//! again.
+//! again or a turn finds it resident again (the pressure was passing:
+//! another app's memory came back).
 
 use crate::host::{Job, Jobs, ModelSource, WarmOrder, WarmupState};
 use crate::wit::app::MemoryOutlook;
@@ -88,14 +89,23 @@ impl<H: Jobs> Pages<H> {
         true
     }
 
+    /// A turn or hint found `residency` of the file in memory: at or above
+    /// the threshold, memory holds the model now, whatever a pass found before.
+    pub fn observe(&mut self, residency: f32) {
+        if residency >= REWARM_BELOW {
+            self.cannot_hold = false;
+        }
+    }
+
     /// The app's hint that a send is coming: re-warm if the pages were
     /// evicted. True if a pass started.
     pub fn prepare(&mut self, host: &H) -> bool {
-        if self.poll() || self.cannot_hold {
+        if self.poll() {
             return false;
         }
-        let low = self.residency(host).is_some_and(|r| r < REWARM_BELOW);
-        low && self.warm_in_background(host)
+        let Some(r) = self.residency(host) else { return false };
+        self.observe(r);
+        r < REWARM_BELOW && self.warm_in_background(host)
     }
 }
 
@@ -130,6 +140,19 @@ mod tests {
         assert!(!pages.prepare(&host), "prepare after a pass that could not hold the model");
         assert!(!pages.warm_in_background(&host), "re-warm at send likewise");
         assert_eq!(host.warmups.get(), 1);
+        // The pressure passes (the model is found resident again): the app
+        // is told, and a later eviction is warmed again.
+        host.residency.set(1.0);
+        assert!(!pages.prepare(&host), "resident: nothing to do");
+        assert_eq!(pages.outlook(), MemoryOutlook::Resident);
+        host.residency.set(0.2);
+        host.warm_reach.set(1.0);
+        assert!(pages.prepare(&host), "evicted again, and memory holds it now");
+        assert_eq!(host.warmups.get(), 2);
+        host.warm_reach.set(0.6);
+        host.residency.set(0.1);
+        assert!(pages.warm_in_background(&host));
+        assert_eq!(pages.outlook(), MemoryOutlook::Paging);
         // Another model (or the same one reloaded, e.g. with a smaller
         // context) is measured afresh.
         pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Resident);
@@ -137,7 +160,7 @@ mod tests {
         assert_eq!(pages.outlook(), MemoryOutlook::Resident);
         assert!(!pages.cannot_hold);
         assert!(pages.prepare(&host));
-        assert_eq!((host.warmups.get(), host.residency.get()), (2, 1.0));
+        assert_eq!((host.warmups.get(), host.residency.get()), (4, 1.0));
         assert_eq!(pages.outlook(), MemoryOutlook::Resident);
     }
 

@@ -195,6 +195,7 @@ impl<S: Sampler> Generation<S> {
     ) -> Result<(), InferenceError> {
         let host = env.host;
         self.residency = env.pages.residency(host).unwrap_or(1.0);
+        env.pages.observe(self.residency);
         if self.rewarm && self.residency < REWARM_BELOW {
             let started = Instant::now();
             env.pages.warm_in_background(host);
