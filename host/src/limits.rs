@@ -37,6 +37,11 @@ pub struct Limits {
     pub context_tokens: u32,
     /// Sequences of a context.
     pub sequences: u32,
+    /// Threads per pool a load may ask for; 0: the CPUs of this device (its
+    /// CPU topology's online count, at least what the process may use).
+    /// ggml's workers spin while they wait, so more threads than CPUs only
+    /// slow a decode down (64 on 2 cores: minutes for one decode).
+    pub threads: u32,
     /// Bytes of text one `tokenize` call may take.
     pub tokenize_bytes: usize,
     /// Bytes one `storage.read` may return.
@@ -64,6 +69,7 @@ impl Default for Limits {
             jobs: 8,
             context_tokens: 16_384,
             sequences: 8,
+            threads: 0,
             tokenize_bytes: 1 << 20,
             read_bytes: 1 << 20,
             // The model (1.66 GB) twice, for an update next to the old one.

@@ -149,6 +149,25 @@ fn the_loaded_model_file_is_never_truncated_or_replaced() {
 }
 
 #[test]
+fn more_threads_than_cpus_and_logits_of_removed_tokens_are_refused() {
+    let dir = data_dir();
+    let mut rt = runtime(dir.path(), |_| {});
+    let report = attack(&mut rt, "threads-and-stale-logits demo.gguf");
+    let l = outcome(&report, "load with 64 threads");
+    assert!(l.contains("error InferenceError::LoadFailed") && l.contains("this device's CPUs"), "{l}");
+    assert!(outcome(&report, "load").contains("ok 49152"), "{report}");
+    assert!(outcome(&report, "sample after decode").contains(": ok "), "{report}");
+    for what in ["sample after kv-remove", "sample after kv-clear"] {
+        let l = outcome(&report, what);
+        assert!(
+            l.contains("error InferenceError::InvalidArgument") && l.contains("nothing to sample from"),
+            "{l}"
+        );
+    }
+    alive(&mut rt);
+}
+
+#[test]
 fn a_file_a_download_is_writing_is_not_mapped() {
     let dir = data_dir();
     std::fs::copy(demo_model(), dir.path().join("models/victim.gguf")).unwrap();

@@ -55,9 +55,21 @@ impl ModelContext {
         if s.n_batch == 0 || s.n_batch > MAX_BATCH {
             return Err(format!("n-batch {} is outside 1..={MAX_BATCH}", s.n_batch));
         }
-        let threads_ok = |t: u32| (1..=MAX_THREADS).contains(&t);
+        // No more threads than the device's CPUs (the limit `threads`): ggml's
+        // workers spin while they wait for each other, so 64 threads on 2
+        // cores made one decode take minutes (found by an independent hostile guest).
+        let cpus = if limits.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+        } else {
+            limits.threads
+        };
+        let max = cpus.min(MAX_THREADS);
+        let threads_ok = |t: u32| (1..=max).contains(&t);
         if !threads_ok(s.threads) || !threads_ok(s.threads_batch) {
-            return Err(format!("thread counts must be 1..={MAX_THREADS}"));
+            return Err(format!(
+                "thread counts {}/{} must be 1..={max} (this device's CPUs, limit `threads`)",
+                s.threads, s.threads_batch
+            ));
         }
         let params = ContextParams {
             n_ctx: total,
@@ -189,7 +201,12 @@ impl ModelContext {
     pub fn kv_remove(&mut self, seq: u32, p0: u32, p1: Option<u32>) -> Result<bool, LlamaError> {
         let s = self.check_seq(seq)?;
         let (p0, p1) = check_range(p0, p1)?;
-        Ok(self.ctx.seq_rm(s, p0, p1))
+        let removed = self.ctx.seq_rm(s, p0, p1);
+        if removed {
+            // The logits may be of a token that is gone.
+            self.has_logits = false;
+        }
+        Ok(removed)
     }
 
     /// Move positions [p0, p1) by `delta`.

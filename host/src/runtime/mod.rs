@@ -163,7 +163,13 @@ impl Runtime {
         let label = options.guest.label().to_owned();
         // Integrity first: a tampered guest is refused before it is compiled.
         options.policy.check(&options.guest)?;
-        let limits = &options.limits;
+        let mut limits = options.limits.clone();
+        if limits.threads == 0 {
+            let sysfs = options.sysfs_cpu.clone().unwrap_or_else(|| crate::device::SYSFS_CPU.into());
+            let parallel = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            limits.threads = crate::device::cpu_topology_at(&sysfs).online.max(parallel);
+        }
+        let limits = &limits;
         let folders =
             Folders::open(&options.data_dir, options.model.clone(), limits.models_quota, limits.state_quota)
                 .map_err(|e| {

@@ -7,7 +7,8 @@
 //! Imports: `import-links`, `huge-penalty`, `crafted-gguf`, `truncate-model
 //! NAME`, `exfiltrate URL`, `samplers`, `snapshots NAME`, `big-context NAME`,
 //! `big-download URL`, `state-flood`, `tokenize-specials BYTES NAME`,
-//! `stalled-transfer URL`, `load NAME`, `waits URL`, `download-then-load NAME URL`.
+//! `stalled-transfer URL`, `load NAME`, `waits URL`, `download-then-load NAME URL`,
+//! `threads-and-stale-logits NAME`.
 //!
 //! Everything else answers `not-ready`: this guest is only for the tests.
 
@@ -182,6 +183,33 @@ fn attack(cmd: &str) -> String {
             let tok = line("decode token 10^9", inf::decode(0, &[1_000_000_000]));
             let rm = line("kv-remove 4e9", Ok::<_, ()>(inf::kv_remove(0, u32::MAX, Some(u32::MAX))));
             big + &top_k + &bias + &bytes + &seq + &tok + &rm
+        }
+        "threads-and-stale-logits" => {
+            let mut many = settings(256);
+            many.threads = 64;
+            let mut r = line("load with 64 threads", inf::load(&managed(&arg), many).map(|i| i.n_vocab));
+            r += &line("load", inf::load(&managed(&arg), settings(256)).map(|i| i.n_vocab));
+            let sampler = inf::Sampler::open(&inf::SamplerConfig {
+                temperature: 0.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                repeat_penalty: 1.0,
+                repeat_last_n: 0,
+                seed: 0,
+                logit_bias: Vec::new(),
+            });
+            let Ok(sampler) = sampler else { return r + "sampler: refused\n" };
+            let tokens = inf::tokenize("Hello there", false).unwrap_or_default();
+            r += &line("decode", inf::decode(0, &tokens));
+            r += &line("sample after decode", sampler.sample());
+            r += &line("decode again", inf::decode(0, &tokens[..1]));
+            inf::kv_remove(0, 0, None);
+            r += &line("sample after kv-remove", sampler.sample());
+            r += &line("decode once more", inf::decode(0, &tokens));
+            inf::kv_clear(0);
+            r += &line("sample after kv-clear", sampler.sample());
+            r
         }
         "crafted-gguf" => {
             let w = line("write models/evil.gguf", storage::write(&file(types::Root::Models, "evil.gguf"), &crafted_gguf()));
