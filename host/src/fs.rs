@@ -256,6 +256,11 @@ impl Folder {
         .map_err(|e| self.io(name, e.into()))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| self.io(name, e.into()))?;
         self.regular(name, &st)?;
+        // A hard link someone else made may be a file outside the data
+        // directory under a second name (the guest cannot make links).
+        if st.st_nlink > 1 {
+            return Err(FsError::NotPermitted(format!("{} has other hard links", self.guest_name(name))));
+        }
         Ok(File::from(fd))
     }
 
@@ -575,6 +580,8 @@ mod tests {
         assert!(f.write("m.gguf", b"evil").is_err());
         assert!(f.rename("x", "m.gguf").is_err());
         assert!(f.open_append("twin").is_err());
+        let err = f.open_read("twin").unwrap_err().to_string();
+        assert!(err.contains("has other hard links"), "{err}");
         assert_eq!(std::fs::read(dir.path().join("models/m.gguf")).unwrap(), b"model");
         drop(guard);
         f.write("m.gguf", b"new model").unwrap();
