@@ -70,11 +70,30 @@ struct Marks {
     writing: HashMap<(u64, u64), usize>,
 }
 
+impl Marks {
+    fn of(&mut self, what: Use) -> &mut HashMap<(u64, u64), usize> {
+        match what {
+            Use::Mapped => &mut self.mapped,
+            Use::Writing => &mut self.writing,
+        }
+    }
+}
+
 /// What an [`InUseGuard`] holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Use {
     Mapped,
     Writing,
+}
+
+impl Use {
+    /// The use this one excludes, and what a refusal says of the file.
+    fn excludes(self) -> (Use, &'static str) {
+        match self {
+            Use::Mapped => (Use::Writing, "being written by a download"),
+            Use::Writing => (Use::Mapped, "in use by the loaded model"),
+        }
+    }
 }
 
 /// An inode marked in use until dropped.
@@ -106,15 +125,11 @@ impl InUse {
         let st = rustix::fs::fstat(fd)?;
         let key = (st.st_dev as u64, st.st_ino as u64);
         let mut m = self.marks();
-        let (other, mine) = match what {
-            Use::Mapped => (&m.writing, "being written by a download"),
-            Use::Writing => (&m.mapped, "in use by the loaded model"),
-        };
-        if other.contains_key(&key) {
-            return Err(std::io::Error::new(std::io::ErrorKind::ResourceBusy, mine));
+        let (other, why) = what.excludes();
+        if m.of(other).contains_key(&key) {
+            return Err(std::io::Error::new(std::io::ErrorKind::ResourceBusy, why));
         }
-        let map = if what == Use::Mapped { &mut m.mapped } else { &mut m.writing };
-        *map.entry(key).or_default() += 1;
+        *m.of(what).entry(key).or_default() += 1;
         Ok(InUseGuard { set: self.clone(), key, what })
     }
 
@@ -126,7 +141,7 @@ impl InUse {
 impl Drop for InUseGuard {
     fn drop(&mut self) {
         let mut m = self.set.marks();
-        let map = if self.what == Use::Mapped { &mut m.mapped } else { &mut m.writing };
+        let map = m.of(self.what);
         if let Some(n) = map.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -222,6 +237,15 @@ impl Folder {
         }
     }
 
+    /// A hard link someone else made may be a file outside the data
+    /// directory under a second name (the guest cannot make links).
+    fn single_link(&self, name: &str, st: &rustix::fs::Stat) -> Result<(), FsError> {
+        if st.st_nlink > 1 {
+            return Err(FsError::NotPermitted(format!("{} has other hard links", self.guest_name(name))));
+        }
+        Ok(())
+    }
+
     fn regular(&self, name: &str, st: &rustix::fs::Stat) -> Result<(), FsError> {
         match FileType::from_raw_mode(st.st_mode) {
             FileType::RegularFile => Ok(()),
@@ -256,11 +280,7 @@ impl Folder {
         .map_err(|e| self.io(name, e.into()))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| self.io(name, e.into()))?;
         self.regular(name, &st)?;
-        // A hard link someone else made may be a file outside the data
-        // directory under a second name (the guest cannot make links).
-        if st.st_nlink > 1 {
-            return Err(FsError::NotPermitted(format!("{} has other hard links", self.guest_name(name))));
-        }
+        self.single_link(name, &st)?;
         Ok(File::from(fd))
     }
 
@@ -382,16 +402,11 @@ impl Folder {
         .map_err(|e| self.io(name, e.into()))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| self.io(name, e.into()))?;
         self.regular(name, &st)?;
-        if st.st_nlink > 1 {
-            return Err(FsError::NotPermitted(format!("{} has other hard links", self.guest_name(name))));
-        }
-        let guard = self.in_use.mark_writing(&fd).map_err(|e| {
-            FsError::NotPermitted(format!(
-                "{} is {}",
-                self.guest_name(name),
-                e.into_inner().map_or_else(|| "in use".into(), |e| e.to_string())
-            ))
-        })?;
+        self.single_link(name, &st)?;
+        let guard = self
+            .in_use
+            .mark_writing(&fd)
+            .map_err(|e| FsError::NotPermitted(format!("{} is {e}", self.guest_name(name))))?;
         Ok((File::from(fd), guard))
     }
 

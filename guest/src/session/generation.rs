@@ -76,9 +76,6 @@ pub struct Generation<S> {
     prompt_tokens: u32,
     residency: f32,
     warmup_ms: f64,
-    /// The memory outlook as last looked at (when the prompt was evaluated,
-    /// and again when the reply ends).
-    outlook: MemoryOutlook,
     stats: Option<GenerationStats>,
     load_id: u64,
 }
@@ -101,7 +98,6 @@ impl<S: Sampler> Generation<S> {
             prompt_tokens: 0,
             residency: 1.0,
             warmup_ms: 0.0,
-            outlook: MemoryOutlook::Resident,
             stats: None,
             load_id: session.profile.load_id,
         }
@@ -201,7 +197,6 @@ impl<S: Sampler> Generation<S> {
             env.pages.warm_in_background(host);
             self.warmup_ms = started.elapsed().as_secs_f64() * 1000.0;
         }
-        self.outlook = env.pages.outlook();
         let prompt = std::mem::take(&mut self.prepared.to_decode);
         let start = Instant::now();
         let split = match self.prepared.store_prefix.take() {
@@ -274,7 +269,9 @@ impl<S: Sampler> Generation<S> {
             residency: self.residency,
             warmup_ms: self.warmup_ms,
             prefix_cached: self.prepared.prefix_cached,
-            outlook: self.outlook,
+            // `next` fills it in from the pages as the reply ends (this has
+            // no host to ask; a reply dropped unfinished shows no stats).
+            outlook: MemoryOutlook::Resident,
         });
         (!tail.is_empty()).then_some(tail)
     }

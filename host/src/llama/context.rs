@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use super::ffi::{AbortFlag, Batch, Context, ContextParams, KvStorage, Model};
+use super::ffi::{AbortFlag, Batch, Context, ContextParams, Model};
 use super::{LlamaError, log};
-use crate::bindings::inference::{KvType, LoadSettings};
+use crate::bindings::inference::LoadSettings;
 use crate::limits::Limits;
 
 /// Largest position llama.cpp handles (positions are i32).
@@ -55,15 +55,11 @@ impl ModelContext {
         if s.n_batch == 0 || s.n_batch > MAX_BATCH {
             return Err(format!("n-batch {} is outside 1..={MAX_BATCH}", s.n_batch));
         }
-        // No more threads than the device's CPUs (the limit `threads`): ggml's
+        // No more threads than the device's CPUs (the limit `threads`, which
+        // the runtime resolves from the CPU topology when it is 0): ggml's
         // workers spin while they wait for each other, so 64 threads on 2
         // cores made one decode take minutes (found by an independent hostile guest).
-        let cpus = if limits.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-        } else {
-            limits.threads
-        };
-        let max = cpus.min(MAX_THREADS);
+        let max = limits.threads.min(MAX_THREADS);
         let threads_ok = |t: u32| (1..=max).contains(&t);
         if !threads_ok(s.threads) || !threads_ok(s.threads_batch) {
             return Err(format!(
@@ -78,10 +74,7 @@ impl ModelContext {
             n_seq_max: s.n_seq_max,
             threads: s.threads as i32,
             threads_batch: s.threads_batch as i32,
-            kv: match s.kv_type {
-                KvType::F16 => KvStorage::F16,
-                KvType::Q80 => KvStorage::Q8_0,
-            },
+            kv: s.kv_type.into(),
             embeddings: false,
         };
         let n_vocab = model.vocab().n_tokens();

@@ -24,6 +24,16 @@ pub use context::{ModelContext, StateFile};
 pub use sampler::{HostObjects, chain_links};
 pub use thread::{EngineState, InferenceThread};
 
+impl From<crate::bindings::inference::KvType> for ffi::KvStorage {
+    fn from(t: crate::bindings::inference::KvType) -> Self {
+        use crate::bindings::inference::KvType;
+        match t {
+            KvType::F16 => ffi::KvStorage::F16,
+            KvType::Q80 => ffi::KvStorage::Q8_0,
+        }
+    }
+}
+
 /// The llama.cpp version this host is built with (the llama-cpp-sys-2 crate
 /// pins one llama.cpp commit).
 pub const LLAMA_CPP_VERSION: &str = env!("BITTYBOT_LLAMA_CPP_VERSION");

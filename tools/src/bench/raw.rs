@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bittybot_host::KvType;
-use bittybot_host::llama::ffi::{Batch, Chain, Context, ContextParams, KvStorage, Link, Model, Token};
+use bittybot_host::llama::ffi::{Batch, Chain, Context, ContextParams, Link, Model, Token};
 
 use super::{BenchError, Sample, ms};
 
@@ -66,10 +66,7 @@ impl RawLoop {
             n_seq_max: s.n_seq,
             threads: s.threads as i32,
             threads_batch: s.threads_batch as i32,
-            kv: match s.kv {
-                KvType::F16 => KvStorage::F16,
-                KvType::Q80 => KvStorage::Q8_0,
-            },
+            kv: s.kv.into(),
             embeddings: false,
         };
         let ctx = Context::new(Arc::new(model), &params, None, None)
