@@ -26,7 +26,7 @@ impl From<LlamaError> for InferenceError {
             LlamaError::Decode(s) => InferenceError::DecodeFailed(s),
             LlamaError::Cancelled => InferenceError::Cancelled,
             LlamaError::State(s) => InferenceError::File(FileError::Io(s)),
-            e @ LlamaError::Worker(_) => InferenceError::DecodeFailed(e.to_string()),
+            e @ LlamaError::Panicked(_) => InferenceError::DecodeFailed(e.to_string()),
         }
     }
 }

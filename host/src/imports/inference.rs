@@ -17,7 +17,7 @@ use crate::gguf::Gguf;
 use crate::limits::Limits;
 use crate::llama::ffi::{AbortFlag, Chain, Model};
 use crate::llama::tokenize::Specials;
-use crate::llama::{InferenceThread, LLAMA_CPP_VERSION, LlamaError, ModelContext, StateFile, chain_links};
+use crate::llama::{Engine, LLAMA_CPP_VERSION, LlamaError, ModelContext, StateFile, chain_links};
 use crate::runtime::clock::CallClock;
 
 /// The host data behind a guest `sampler`.
@@ -32,7 +32,7 @@ pub struct SnapshotHandle {
     id: u32,
 }
 
-/// The loaded model, on the caller's side.
+/// The loaded model's vocabulary and facts (read without the engine's lock).
 struct Loaded {
     model: Arc<Model>,
     specials: Specials,
@@ -41,10 +41,10 @@ struct Loaded {
     _in_use: InUseGuard,
 }
 
-/// What the inference interface needs: the inference thread, the loaded
+/// What the inference interface needs: the engine, the loaded
 /// model's vocabulary, the guest's folders, the limits and the call clock.
 pub struct InferenceCtx {
-    thread: InferenceThread,
+    engine: Engine,
     loaded: Option<Loaded>,
     folders: Folders,
     limits: Limits,
@@ -60,13 +60,13 @@ fn load_failed(name: &str, reason: impl std::fmt::Display) -> InferenceError {
 impl InferenceCtx {
     /// A context with no model loaded.
     pub fn new(
-        thread: InferenceThread,
+        engine: Engine,
         folders: Folders,
         limits: Limits,
         cancel: AbortFlag,
         clock: CallClock,
     ) -> Self {
-        InferenceCtx { thread, loaded: None, folders, limits, cancel, clock, table: ResourceTable::new() }
+        InferenceCtx { engine, loaded: None, folders, limits, cancel, clock, table: ResourceTable::new() }
     }
 
     /// The loaded model's facts.
@@ -79,9 +79,9 @@ impl InferenceCtx {
         self.loaded.as_ref().map(|l| l.host_path.as_path())
     }
 
-    /// Host bytes the guest's objects hold on the inference thread.
+    /// Host bytes the guest's objects hold.
     pub fn objects_held(&self) -> u64 {
-        self.thread.call(|st| st.objects.held()).unwrap_or(0)
+        self.engine.call(|st| st.objects.held()).unwrap_or(0)
     }
 
     fn loaded(&self) -> Result<&Loaded, InferenceError> {
@@ -173,7 +173,7 @@ impl InferenceCtx {
 
     fn free(&mut self) {
         self.loaded = None;
-        let _ = self.thread.call(|st| {
+        let _ = self.engine.call(|st| {
             st.ctx = None;
             st.objects.clear();
         });
@@ -208,7 +208,7 @@ impl wit::Host for InferenceCtx {
             let path = fd_path(&m.file);
             let (limits, cancel, name) = (self.limits.clone(), self.cancel.clone(), m.name.clone());
             let model = self
-                .thread
+                .engine
                 .call(move |st| -> Result<Arc<Model>, LlamaError> {
                     crate::llama::log::clear();
                     let fail = |reason: String| LlamaError::Load { name: name.clone(), reason };
@@ -223,7 +223,7 @@ impl wit::Host for InferenceCtx {
                     Ok(model)
                 })
                 .and_then(|r| r)?;
-            let shape = self.thread.call(|st| st.ctx.as_ref().map(|c| (c.n_ctx_seq(), c.n_batch())))?;
+            let shape = self.engine.call(|st| st.ctx.as_ref().map(|c| (c.n_ctx_seq(), c.n_batch())))?;
             let (n_ctx, n_batch) = shape.ok_or(InferenceError::NoModel)?;
             let info = Self::model_info(&m, &model, &gguf, LoadSettings { n_ctx, n_batch, ..s });
             let specials = Specials::of(&model.vocab());
@@ -268,27 +268,27 @@ impl wit::Host for InferenceCtx {
 
     fn decode(&mut self, seq: u32, tokens: Vec<i32>) -> Result<(), InferenceError> {
         self.clock
-            .work(|| self.thread.call(move |st| st.loaded()?.decode(seq, &tokens)).and_then(|r| r))
+            .work(|| self.engine.call(move |st| st.loaded()?.decode(seq, &tokens)).and_then(|r| r))
             .map_err(Into::into)
     }
 
     fn kv_len(&mut self, seq: u32) -> u32 {
-        self.thread.call(move |st| st.ctx.as_ref().map_or(0, |c| c.seq_len(seq))).unwrap_or(0)
+        self.engine.call(move |st| st.ctx.as_ref().map_or(0, |c| c.seq_len(seq))).unwrap_or(0)
     }
 
     fn kv_clear(&mut self, seq: u32) {
-        let _ = self.thread.call(move |st| st.loaded().and_then(|c| c.kv_clear(seq)));
+        let _ = self.engine.call(move |st| st.loaded().and_then(|c| c.kv_clear(seq)));
     }
 
     fn kv_remove(&mut self, seq: u32, p0: u32, p1: Option<u32>) -> bool {
-        self.thread
+        self.engine
             .call(move |st| st.loaded().and_then(|c| c.kv_remove(seq, p0, p1)))
             .and_then(|r| r)
             .unwrap_or(false)
     }
 
     fn kv_shift(&mut self, seq: u32, p0: u32, p1: Option<u32>, delta: i32) {
-        let _ = self.thread.call(move |st| st.loaded().and_then(|c| c.kv_shift(seq, p0, p1, delta)));
+        let _ = self.engine.call(move |st| st.loaded().and_then(|c| c.kv_shift(seq, p0, p1, delta)));
     }
 
     fn state_save(
@@ -303,7 +303,7 @@ impl wit::Host for InferenceCtx {
         let clock = self.clock.clone();
         clock.work(|| {
             let state = self
-                .thread
+                .engine
                 .call(move |st| {
                     let ctx = st.loaded()?;
                     ctx.check_tokens(&tokens)?;
@@ -344,7 +344,7 @@ impl wit::Host for InferenceCtx {
             let saved = StateFile::parse(&bytes).map_err(|e| {
                 InferenceError::File(crate::bindings::types::FileError::Io(format!("{name}: {e}")))
             })?;
-            self.thread
+            self.engine
                 .call(move |st| {
                     let ctx = st.loaded()?;
                     ctx.check_tokens(&saved.tokens)?;
@@ -375,7 +375,7 @@ fn gone(e: wasmtime::component::ResourceTableError) -> InferenceError {
 impl wit::HostSampler for InferenceCtx {
     fn open(&mut self, config: SamplerConfig) -> Result<Resource<SamplerHandle>, InferenceError> {
         let id = self
-            .thread
+            .engine
             .call(move |st| {
                 let ctx = st.loaded()?;
                 let (links, bytes) = chain_links(&config, ctx.n_vocab(), ctx.n_ctx_seq())?;
@@ -390,7 +390,7 @@ impl wit::HostSampler for InferenceCtx {
         let id = self.table.get(&this).map_err(gone)?.id;
         self.clock
             .work(|| {
-                self.thread.call(move |st| {
+                self.engine.call(move |st| {
                     let ctx = st.ctx.as_ref().ok_or(LlamaError::NoModel)?;
                     if !ctx.has_logits {
                         return Err(LlamaError::InvalidArgument(
@@ -406,7 +406,7 @@ impl wit::HostSampler for InferenceCtx {
 
     fn drop(&mut self, rep: Resource<SamplerHandle>) -> wasmtime::Result<()> {
         let handle = self.table.delete(rep)?;
-        let _ = self.thread.call(move |st| st.objects.remove_chain(handle.id));
+        let _ = self.engine.call(move |st| st.objects.remove_chain(handle.id));
         Ok(())
     }
 }
@@ -416,7 +416,7 @@ impl wit::HostKvSnapshot for InferenceCtx {
         let id = self
             .clock
             .work(|| {
-                self.thread.call(move |st| {
+                self.engine.call(move |st| {
                     let state = st.loaded()?.state(seq)?;
                     st.objects.add_snapshot(state)
                 })
@@ -429,7 +429,7 @@ impl wit::HostKvSnapshot for InferenceCtx {
         let id = self.table.get(&this).map_err(gone)?.id;
         self.clock
             .work(|| {
-                self.thread.call(move |st| {
+                self.engine.call(move |st| {
                     let ctx = st.ctx.as_mut().ok_or(LlamaError::NoModel)?;
                     ctx.set_state(seq, st.objects.snapshot(id)?)
                 })
@@ -440,7 +440,7 @@ impl wit::HostKvSnapshot for InferenceCtx {
 
     fn drop(&mut self, rep: Resource<SnapshotHandle>) -> wasmtime::Result<()> {
         let handle = self.table.delete(rep)?;
-        let _ = self.thread.call(move |st| st.objects.remove_snapshot(handle.id));
+        let _ = self.engine.call(move |st| st.objects.remove_snapshot(handle.id));
         Ok(())
     }
 }

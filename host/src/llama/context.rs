@@ -1,4 +1,4 @@
-//! A loaded model's context on the inference thread: batched decode, KV
+//! A loaded model's context in the engine: batched decode, KV
 //! sequence operations, and sequence states as bytes. Every argument is
 //! checked here, so llama.cpp never sees one it would assert on.
 

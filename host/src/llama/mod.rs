@@ -1,10 +1,9 @@
-//! llama.cpp, owned by one inference thread.
+//! llama.cpp, behind one engine.
 //!
-//! llama.cpp objects do not belong in the wasmtime store, so a dedicated
-//! thread owns the context, the sampler chains and the KV snapshots
-//! (`thread.rs`); imports send it closures and wait (microseconds per call
-//! against milliseconds per token). The model and its vocabulary are
-//! read-only, so tokenization runs on the caller's thread.
+//! The engine (`engine.rs`) owns the context, the sampler chains and the KV
+//! snapshots, and runs each import's call on the caller's thread under a
+//! lock and `catch_unwind`. The model and its vocabulary are read-only, so
+//! tokenization needs no lock.
 //!
 //! Every input from the guest is checked before it reaches llama.cpp
 //! (`context.rs`, `sampler.rs`): token ids, sequence ids, positions, batch
@@ -12,17 +11,17 @@
 //! can throw go through a C++ shim that turns exceptions into errors (`ffi/`).
 
 mod context;
+mod engine;
 pub mod ffi;
 pub mod log;
 mod sampler;
-mod thread;
 pub mod tokenize;
 
 use std::sync::OnceLock;
 
 pub use context::{ModelContext, StateFile};
+pub use engine::{Engine, EngineState};
 pub use sampler::{HostObjects, chain_links};
-pub use thread::{EngineState, InferenceThread};
 
 impl From<crate::bindings::inference::KvType> for ffi::KvStorage {
     fn from(t: crate::bindings::inference::KvType) -> Self {
@@ -78,9 +77,9 @@ pub enum LlamaError {
     /// A saved state is unusable.
     #[error("{0}")]
     State(String),
-    /// The inference thread is gone or a call on it panicked.
-    #[error("inference thread failure: {0}")]
-    Worker(String),
+    /// A call into llama.cpp panicked (the context was dropped).
+    #[error("{0}")]
+    Panicked(String),
 }
 
 /// Start llama.cpp once per process (its log goes to `log`).

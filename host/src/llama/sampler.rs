@@ -1,4 +1,4 @@
-//! Sampler chains and KV snapshots the guest holds on the inference thread,
+//! Sampler chains and KV snapshots the guest holds in the engine,
 //! by id, counted against the host's limits.
 //!
 //! A chain follows llama.cpp's common order: logit bias → repetition penalty
@@ -75,7 +75,7 @@ pub fn chain_links(c: &SamplerConfig, n_vocab: i32, n_ctx_seq: u32) -> Result<(V
     Ok((links, CHAIN_BASE + window + c.logit_bias.len() as u64 * 8))
 }
 
-/// What the guest holds on the inference thread: sampler chains and KV
+/// What the guest holds in the engine: sampler chains and KV
 /// snapshots, within `limits` (counts, and host bytes in all).
 pub struct HostObjects {
     next_id: u32,

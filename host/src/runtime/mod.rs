@@ -35,7 +35,7 @@ use crate::imports::inference::InferenceCtx;
 use crate::imports::platform::PlatformCtx;
 use crate::imports::storage::StorageCtx;
 use crate::limits::Limits;
-use crate::llama::InferenceThread;
+use crate::llama::Engine as LlamaEngine;
 use crate::llama::ffi::AbortFlag;
 use crate::net::NetworkPolicy;
 
@@ -152,7 +152,7 @@ fn describe_trap(e: &wasmtime::Error, memory_limit: usize) -> String {
 
 impl Runtime {
     /// Start a runtime: load (or compile) the guest, instantiate it, start
-    /// the inference thread. No model is loaded yet.
+    /// the engine (no model loaded yet).
     pub fn start(options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
         Self::start_with(options, Arc::new(AtomicBool::new(false)))
     }
@@ -181,7 +181,7 @@ impl Runtime {
         check_compatible(engine, &component, &label)?;
 
         let t_inst = Instant::now();
-        let thread = InferenceThread::start(limits)?;
+        let llama = LlamaEngine::start(limits);
         let linker = store::linker(engine)
             .map_err(|e| GuestError::Instantiate { label: label.clone(), reason: format!("{e:#}") })?;
         let clock = CallClock::new(limits.call_time, limits.call_wall_time);
@@ -189,7 +189,7 @@ impl Runtime {
             wasi: store::wasi(),
             table: ResourceTable::new(),
             inference: InferenceCtx::new(
-                thread,
+                llama,
                 folders.clone(),
                 limits.clone(),
                 cancel.clone(),

@@ -3,7 +3,7 @@
 //! cancel that works from any thread.
 //!
 //! [`Service::start`] returns at once. The service thread starts the
-//! runtime (guest compile or cache hit, inference thread), gets the model
+//! runtime (guest compile or cache hit, instantiate), gets the model
 //! ([`Runtime::acquire_model`]) and loads it, reporting each step to a
 //! [`StateListener`]. [`Service::send`] queues a turn; its text streams to a
 //! [`ReplyListener`] from the service thread, which then gets exactly one of

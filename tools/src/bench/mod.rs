@@ -24,7 +24,6 @@ use bittybot_host::{
     GenerationStats, GuestSource, KvType, LoadOptions, MemoryOutlook, Message, ModelSource, Runtime,
     RuntimeError, RuntimeOptions, Session, SessionKind, SessionOptions,
 };
-use raw::RawWeights;
 use serde::Serialize;
 
 pub use table::table;
@@ -91,18 +90,44 @@ pub struct Summary {
     pub min: f64,
     /// Largest.
     pub max: f64,
+    /// A 95 % confidence interval of the median (distribution-free, from
+    /// the order statistics), when there are 6 values or more.
+    pub median_ci95: Option<[f64; 2]>,
 }
 
 /// Median, min and max of values (zeros when empty).
 pub fn summarize(values: &[f64]) -> Summary {
     if values.is_empty() {
-        return Summary { median: 0.0, min: 0.0, max: 0.0 };
+        return Summary { median: 0.0, min: 0.0, max: 0.0, median_ci95: None };
     }
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-    Summary { median, min: v[0], max: v[n - 1] }
+    let median_ci95 = median_ci_rank(n).map(|k| [v[k], v[n - 1 - k]]);
+    Summary { median, min: v[0], max: v[n - 1], median_ci95 }
+}
+
+/// The largest 0-based rank `k` for which [v(k), v(n−1−k)] of `n` sorted
+/// values covers the median with at least 95 % probability. It misses only
+/// when at most `k` values fall on one side of the median: probability
+/// 2·P(X ≤ k) for X ~ Binomial(n, ½). `None` below 6 values, where no
+/// such interval exists. (Hand-written: a dozen lines, no crate needed.)
+fn median_ci_rank(n: usize) -> Option<usize> {
+    // ln C(n, i) − n ln 2, summed as probabilities; n is small (repetitions).
+    let ln_half_n = n as f64 * 0.5f64.ln();
+    let mut ln_c = 0.0f64; // ln C(n, 0)
+    let mut below = 0.0f64; // P(X ≤ i)
+    let mut best = None;
+    for i in 0..n / 2 {
+        below += (ln_c + ln_half_n).exp();
+        if 2.0 * below > 0.05 {
+            break;
+        }
+        best = Some(i);
+        ln_c += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
+    }
+    best
 }
 
 /// One path's results.
@@ -144,7 +169,7 @@ pub struct StartFigures {
     pub cached_component_ms: f64,
     /// Second start: how the component was obtained.
     pub cached_outcome: String,
-    /// Second start: link + instantiate (+ inference thread), ms.
+    /// Second start: link + instantiate, ms.
     pub cached_instantiate_ms: f64,
 }
 
@@ -304,15 +329,7 @@ pub(crate) fn runtime_options(cfg: &BenchConfig) -> RuntimeOptions {
 }
 
 /// Run the benchmark.
-pub fn run(cfg: &BenchConfig, progress: impl FnMut(&str)) -> Result<BenchReport, BenchError> {
-    run_with(cfg, RawWeights::Read, progress)
-}
-
-fn run_with(
-    cfg: &BenchConfig,
-    raw_weights: RawWeights,
-    mut progress: impl FnMut(&str),
-) -> Result<BenchReport, BenchError> {
+pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchReport, BenchError> {
     if cfg.reps == 0 {
         return Err(BenchError::Other("at least one repetition is needed".into()));
     }
@@ -371,7 +388,7 @@ fn run_with(
         threads,
         threads_batch,
     };
-    let (mut raw, raw_load_ms) = raw::RawLoop::load(&cfg.model, &shape, raw_weights)?;
+    let (mut raw, raw_load_ms) = raw::RawLoop::load(&cfg.model, &shape)?;
 
     // One unmeasured round each: first-touch of pages, thread pools, caches.
     raw.run(&prompt_tokens, cfg.max_tokens.min(8))?;
@@ -533,8 +550,7 @@ pub fn run_under(
         None => None,
     };
     let watchdog = cond.stall_timeout.map(Watchdog::start);
-    let raw_weights = if balloon.is_some() { RawWeights::Mapped } else { RawWeights::Read };
-    let result = run_with(&cfg, raw_weights, |m| {
+    let result = run(&cfg, |m| {
         if let Some(w) = &watchdog {
             w.stage(m);
         }
@@ -628,4 +644,20 @@ pub(crate) fn turn(
         generated: stats.generated_tokens,
     };
     Ok((sample, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_interval_has_the_binomial_ranks() {
+        // Ranks checked against exact binomial sums (Python's math.comb).
+        let ranks: Vec<_> = [5, 6, 20, 21, 100, 101].into_iter().map(median_ci_rank).collect();
+        assert_eq!(ranks, [None, Some(0), Some(5), Some(5), Some(39), Some(40)]);
+        let values: Vec<f64> = (0..21).rev().map(f64::from).collect();
+        let s = summarize(&values);
+        assert_eq!((s.median, s.median_ci95), (10.0, Some([5.0, 15.0])));
+        assert_eq!(summarize(&[1.0, 2.0, 3.0]).median_ci95, None);
+    }
 }

@@ -111,16 +111,18 @@ pub fn table(r: &BenchReport) -> String {
     out.push_str(&row("raw llama-cpp-2", &r.raw));
     out.push_str(&row("through guest", &r.guest));
     out.push_str(&format!(
-        "\nguest ÷ raw: decode {:.3}× (paired {:.3} [{:.3}…{:.3}]), prompt {:.3}×; TTFT overhead: medians {:+.2} ms, paired {:+.2} ms [{:+.2}…{:+.2}] (ratio {:.4}×); same token counts: {}\n",
+        "\nguest ÷ raw: decode {:.3}× (paired {:.3} [{:.3}…{:.3}]{}), prompt {:.3}×; TTFT overhead: medians {:+.2} ms, paired {:+.2} ms [{:+.2}…{:+.2}]{} (ratio {:.4}×); same token counts: {}\n",
         r.decode_ratio,
         r.decode_ratio_paired.median,
         r.decode_ratio_paired.min,
         r.decode_ratio_paired.max,
+        ci(&r.decode_ratio_paired, |x| format!("{x:.3}")),
         r.prompt_ratio,
         r.ttft_overhead_ms,
         r.ttft_overhead_paired_ms.median,
         r.ttft_overhead_paired_ms.min,
         r.ttft_overhead_paired_ms.max,
+        ci(&r.ttft_overhead_paired_ms, |x| format!("{x:+.2}")),
         r.ttft_ratio_paired.median,
         r.same_tokens
     ));
@@ -149,4 +151,9 @@ pub fn table(r: &BenchReport) -> String {
         ));
     }
     out
+}
+
+/// ", median 95 % CI [a…b]" when the summary has one.
+fn ci(s: &super::Summary, f: impl Fn(f64) -> String) -> String {
+    s.median_ci95.map_or(String::new(), |[a, b]| format!(", median's 95 % CI [{}…{}]", f(a), f(b)))
 }

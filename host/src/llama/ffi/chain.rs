@@ -41,6 +41,11 @@ pub struct Batch {
     logits: Vec<i8>,
 }
 
+// SAFETY: `seq_ptrs` only holds pointers into `seq_ids` made by `raw` for
+// the decode that follows it; they are rebuilt each time and never read
+// otherwise, so the batch is plain owned data wherever it moves.
+unsafe impl Send for Batch {}
+
 impl Batch {
     /// Empty it.
     pub fn clear(&mut self) {

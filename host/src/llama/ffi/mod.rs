@@ -316,7 +316,7 @@ pub struct Context {
     model: Arc<Model>,
 }
 
-// SAFETY: a context is used by one thread at a time (the inference thread,
+// SAFETY: a context is used by one thread at a time (under the engine's lock,
 // or a tool's own thread); moving it between threads is allowed by llama.cpp.
 unsafe impl Send for Context {}
 
