@@ -308,7 +308,7 @@ impl Gguf {
     /// Read a file's header, metadata and tensor infos from `r`, positioned
     /// at its start; `size` is the file's size, and no read goes past it.
     pub fn read(r: &mut impl Read, size: u64) -> Result<Gguf, GgufError> {
-        let mut src = Src { r, pos: 0, size, budget: METADATA_BUDGET };
+        let mut src = Src::new(r, size);
         if size < 4 || src.fixed::<4>("the magic")? != *b"GGUF" {
             return Err(GgufError::NotGguf);
         }
@@ -376,7 +376,7 @@ impl Gguf {
             .ok_or_else(|| malformed("tensor offsets overflow"))?;
             tensors.push(TensorInfo { name, dims, ggml_type, offset, size: bytes });
         }
-        let data_offset = pad(src.pos, alignment).ok_or_else(|| malformed("the data offset overflows"))?;
+        let data_offset = pad(src.pos(), alignment).ok_or_else(|| malformed("the data offset overflows"))?;
         for t in &mut tensors {
             t.offset =
                 data_offset.checked_add(t.offset).ok_or_else(|| malformed("tensor offsets overflow"))?;

@@ -8,18 +8,28 @@ use super::{Array, GgufError, MAX_ARRAY, MAX_STRING, METADATA_BUDGET, Value, mal
 
 /// A reader that never reads past the declared file size.
 pub(super) struct Src<'a, R> {
-    pub(super) r: &'a mut R,
-    pub(super) pos: u64,
-    pub(super) size: u64,
-    pub(super) budget: u64,
+    r: &'a mut R,
+    pos: u64,
+    size: u64,
+    budget: u64,
 }
 
-impl<R: Read> Src<'_, R> {
-    pub(super) fn remaining(&self) -> u64 {
+impl<'a, R: Read> Src<'a, R> {
+    /// Read `r`, a file of `size` bytes, from its start, within the metadata budget.
+    pub(super) fn new(r: &'a mut R, size: u64) -> Self {
+        Src { r, pos: 0, size, budget: METADATA_BUDGET }
+    }
+
+    /// Bytes read so far.
+    pub(super) fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    fn remaining(&self) -> u64 {
         self.size.saturating_sub(self.pos)
     }
 
-    pub(super) fn bytes(&mut self, n: u64, what: &str) -> Result<Vec<u8>, GgufError> {
+    fn bytes(&mut self, n: u64, what: &str) -> Result<Vec<u8>, GgufError> {
         if n > self.remaining() {
             return Err(GgufError::Truncated(format!(
                 "{what} needs {n} bytes at offset {}, the file has {}",
@@ -50,7 +60,7 @@ impl<R: Read> Src<'_, R> {
         Ok(u64::from_le_bytes(self.fixed(what)?))
     }
 
-    pub(super) fn charge(&mut self, bytes: u64) -> Result<(), GgufError> {
+    fn charge(&mut self, bytes: u64) -> Result<(), GgufError> {
         self.budget = self.budget.checked_sub(bytes).ok_or_else(|| {
             GgufError::Unsupported(format!(
                 "the metadata would take more than {} MiB of memory",

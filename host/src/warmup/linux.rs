@@ -39,12 +39,9 @@ fn map(file: &File) -> Result<Option<Mmap>, WarmupError> {
 
 fn resident_fraction(m: &Mmap) -> Result<f32, WarmupError> {
     // SAFETY: the range is exactly our mapping.
-    let (resident, pages) = unsafe { mincore_counts(m.as_ptr() as usize, m.len()) }.map_err(mincore_error)?;
+    let (resident, pages) = unsafe { mincore_counts(m.as_ptr() as usize, m.len()) }
+        .map_err(|e| WarmupError::Io(format!("mincore: {e}")))?;
     Ok(resident as f32 / pages.max(1) as f32)
-}
-
-fn mincore_error(e: std::io::Error) -> WarmupError {
-    WarmupError::Io(format!("mincore: {e}"))
 }
 
 /// Pages of `[addr, addr + len)` in memory, and pages in all.
@@ -73,8 +70,10 @@ unsafe fn mincore_counts(addr: usize, len: usize) -> std::io::Result<(usize, usi
 /// for the full-size model's 404,000 (measured here), on every turn,
 /// before the prompt. llama.cpp's mapping has entries for the pages it
 /// decodes with (and the warm pass fills them, `populate_other_mappings`).
-fn residency_through_existing(file: &File, dev: u64, ino: u64, len: u64) -> Option<f32> {
-    let (addr, offset) = covering_mapping(&mappings_of(dev, ino), len)?;
+fn residency_through_existing(file: &File) -> Option<f32> {
+    let meta = file.metadata().ok()?;
+    let len = meta.len();
+    let (addr, offset) = covering_mapping(&mappings_of(meta.dev(), meta.ino()), len)?;
     let tail = usize::try_from(len - offset).ok()?;
     // SAFETY: `addr` is the page-aligned start of a mapping (from
     // /proc/self/maps) of the file from `offset` to its end; if it was
@@ -113,8 +112,7 @@ fn covering_mapping(maps: &[(Range<usize>, u64)], len: u64) -> Option<(usize, u6
 
 /// Fraction of the file's pages in memory (0.0–1.0).
 pub fn residency(file: &File) -> Result<f32, WarmupError> {
-    let meta = file.metadata().map_err(io)?;
-    if let Some(r) = residency_through_existing(file, meta.dev(), meta.ino(), meta.len()) {
+    if let Some(r) = residency_through_existing(file) {
         return Ok(r);
     }
     match map(file)? {
@@ -346,14 +344,10 @@ mod tests {
         // SAFETY: read-only mapping of a file nobody truncates during the test.
         let tail = unsafe { memmap2::MmapOptions::new().offset(2 << 20).map(&f) }.unwrap();
         let fresh = || resident_fraction(&map(&f).unwrap().unwrap()).unwrap();
-        let via = |f: &File| {
-            let m = f.metadata().unwrap();
-            residency_through_existing(f, m.dev(), m.ino(), m.len()).unwrap()
-        };
-        assert_eq!(via(&f), fresh());
+        assert_eq!(residency_through_existing(&f).unwrap(), fresh());
         // SAFETY: a valid descriptor; the call only drops cached pages.
         unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(via(&f), fresh());
+        assert_eq!(residency_through_existing(&f).unwrap(), fresh());
         drop(tail);
     }
 

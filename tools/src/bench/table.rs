@@ -153,7 +153,7 @@ pub fn table(r: &BenchReport) -> String {
     out
 }
 
-/// ", median 95 % CI [a…b]" when the summary has one.
+/// ", median's 95 % CI [a…b]" when the summary has one.
 fn ci(s: &super::Summary, f: impl Fn(f64) -> String) -> String {
     s.median_ci95.map_or(String::new(), |[a, b]| format!(", median's 95 % CI [{}…{}]", f(a), f(b)))
 }

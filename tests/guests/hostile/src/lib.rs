@@ -52,6 +52,20 @@ fn settings(n_ctx: u32) -> inf::LoadSettings {
     inf::LoadSettings { n_ctx, n_batch: 64, n_seq_max: 1, threads: 1, threads_batch: 1, use_mmap: true, kv_type: inf::KvType::F16 }
 }
 
+/// Always the most likely token; the attacks vary one field at a time from it.
+fn greedy() -> inf::SamplerConfig {
+    inf::SamplerConfig {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        repeat_penalty: 1.0,
+        repeat_last_n: 0,
+        seed: 0,
+        logit_bias: Vec::new(),
+    }
+}
+
 fn line<T: std::fmt::Debug, E: std::fmt::Debug>(what: &str, r: Result<T, E>) -> String {
     match r {
         Ok(v) => format!("{what}: ok {v:?}\n"),
@@ -165,16 +179,7 @@ fn attack(cmd: &str) -> String {
         "import-links" => import_links(),
         "load" => line("load", inf::load(&managed(&arg), settings(256)).map(|i| i.n_vocab)),
         "huge-penalty" => {
-            let config = inf::SamplerConfig {
-                temperature: 0.0,
-                top_k: 0,
-                top_p: 1.0,
-                min_p: 0.0,
-                repeat_penalty: 1.3,
-                repeat_last_n: 268_435_456,
-                seed: 0,
-                logit_bias: Vec::new(),
-            };
+            let config = inf::SamplerConfig { repeat_penalty: 1.3, repeat_last_n: 268_435_456, ..greedy() };
             let big = line("penalty window 268435456", inf::Sampler::open(&config).map(|_| ()));
             let top_k = line("top-k 10^9", inf::Sampler::open(&inf::SamplerConfig { repeat_last_n: 0, top_k: 1_000_000_000, ..config.clone() }).map(|_| ()));
             let bias = line("bias on token -5", inf::Sampler::open(&inf::SamplerConfig { repeat_last_n: 0, logit_bias: vec![(-5, 1.0)], ..config.clone() }).map(|_| ()));
@@ -189,16 +194,7 @@ fn attack(cmd: &str) -> String {
             many.threads = 64;
             let mut r = line("load with 64 threads", inf::load(&managed(&arg), many).map(|i| i.n_vocab));
             r += &line("load", inf::load(&managed(&arg), settings(256)).map(|i| i.n_vocab));
-            let sampler = inf::Sampler::open(&inf::SamplerConfig {
-                temperature: 0.0,
-                top_k: 0,
-                top_p: 1.0,
-                min_p: 0.0,
-                repeat_penalty: 1.0,
-                repeat_last_n: 0,
-                seed: 0,
-                logit_bias: Vec::new(),
-            });
+            let sampler = inf::Sampler::open(&greedy());
             let Ok(sampler) = sampler else { return r + "sampler: refused\n" };
             let tokens = inf::tokenize("Hello there", false).unwrap_or_default();
             r += &line("decode", inf::decode(0, &tokens));
