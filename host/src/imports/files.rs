@@ -111,13 +111,8 @@ impl wit::HostWarmup for FilesCtx {
             let _mapped = in_use.mark(&m.file).map_err(|e| FileError::Io(e.to_string()))?;
             let ranges = match order {
                 WarmOrder::File => Vec::new(),
-                WarmOrder::ForwardPass => {
-                    let size = m.file.metadata().map_err(|e| FileError::Io(e.kind().to_string()))?.len();
-                    let mut reader = std::io::BufReader::new(&m.file);
-                    crate::gguf::Gguf::read(&mut reader, size)
-                        .map(|g| crate::warmup::forward_pass_order(&g))
-                        .unwrap_or_default()
-                }
+                WarmOrder::ForwardPass => crate::warmup::forward_pass_order_of(&m.file)
+                    .map_err(|e| FileError::Io(e.kind().to_string()))?,
             };
             let r = crate::warmup::warm_up(&m.file, &ranges, |done, total| {
                 ctx.progress((done, total));

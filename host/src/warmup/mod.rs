@@ -47,6 +47,14 @@ pub fn forward_pass_order(gguf: &crate::gguf::Gguf) -> Vec<std::ops::Range<u64>>
     tensors.into_iter().map(|(_, a, b)| a..b).collect()
 }
 
+/// [`forward_pass_order`] of a GGUF file; no order (file order) when the
+/// file is not a GGUF the reader accepts.
+pub fn forward_pass_order_of(file: &std::fs::File) -> std::io::Result<Vec<std::ops::Range<u64>>> {
+    let size = file.metadata()?.len();
+    let mut reader = std::io::BufReader::new(file);
+    Ok(crate::gguf::Gguf::read(&mut reader, size).map(|g| forward_pass_order(&g)).unwrap_or_default())
+}
+
 /// Errors of warmup and residency.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

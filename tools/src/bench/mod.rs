@@ -81,6 +81,13 @@ pub struct Sample {
     pub generated: u32,
 }
 
+impl Sample {
+    /// The prompt evaluation's time, ms (from its tokens and speed).
+    fn prompt_ms(&self) -> f64 {
+        if self.prompt_tps > 0.0 { self.prompt_tokens as f64 / self.prompt_tps * 1000.0 } else { 0.0 }
+    }
+}
+
 /// Median and spread of a series.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Summary {
@@ -208,6 +215,13 @@ pub struct BenchReport {
     pub ttft_overhead_paired_ms: Summary,
     /// guest TTFT ÷ raw TTFT of each repetition.
     pub ttft_ratio_paired: Summary,
+    /// The paired TTFT overhead split in two, ms: the guest's prompt
+    /// evaluation − raw's (the same `llama_decode` on the same tokens)...
+    pub prompt_eval_overhead_paired_ms: Summary,
+    /// ...and the rest, the TTFT outside the prompt evaluation (guest:
+    /// rendering, tokenizing, KV and residency checks, the first token to
+    /// the first chunk; raw: tokenizing and the first token).
+    pub outside_prompt_overhead_paired_ms: Summary,
     /// Guest start-up.
     pub start: StartFigures,
     /// Whether both paths generated the same number of tokens every time.
@@ -436,6 +450,9 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
     let pairs = raw_samples.iter().zip(&guest_samples);
     let overhead: Vec<f64> = pairs.clone().map(|(r, g)| g.ttft_ms - r.ttft_ms).collect();
     let ratios: Vec<f64> = pairs.clone().map(|(r, g)| g.ttft_ms / r.ttft_ms.max(1e-9)).collect();
+    let prompt_overhead: Vec<f64> = pairs.clone().map(|(r, g)| g.prompt_ms() - r.prompt_ms()).collect();
+    let outside: Vec<f64> =
+        pairs.clone().map(|(r, g)| (g.ttft_ms - g.prompt_ms()) - (r.ttft_ms - r.prompt_ms())).collect();
     let decode_ratios: Vec<f64> = pairs.map(|(r, g)| g.decode_tps / r.decode_tps.max(1e-9)).collect();
     let raw = PathReport::new(raw_load_ms, raw_samples);
     let guest = PathReport::new(guest_load_ms, guest_samples);
@@ -459,6 +476,8 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
         ttft_overhead_ms: guest.ttft_ms.median - raw.ttft_ms.median,
         ttft_overhead_paired_ms: summarize(&overhead),
         ttft_ratio_paired: summarize(&ratios),
+        prompt_eval_overhead_paired_ms: summarize(&prompt_overhead),
+        outside_prompt_overhead_paired_ms: summarize(&outside),
         raw,
         guest,
         start: StartFigures {

@@ -13,9 +13,12 @@ use bittybot_host::{Runtime, Session, SessionOptions};
 use super::{BenchConfig, BenchError, CaseReport, ResidencyReport, Sample, summarize, turn};
 use bittybot_host::{GenerationStats, MemoryOutlook};
 
+/// A warm pass in the order the guest asks for (`WarmOrder::ForwardPass`).
 fn warm(path: &Path) -> Result<warmup::WarmupReport, BenchError> {
-    let f = File::open(path).map_err(|e| BenchError::Other(e.to_string()))?;
-    warmup::warm_up(&f, &[], |_, _| true).map_err(|e| BenchError::Other(e.to_string()))
+    let err = |e: &dyn std::fmt::Display| BenchError::Other(format!("warming {}: {e}", path.display()));
+    let f = File::open(path).map_err(|e| err(&e))?;
+    let order = warmup::forward_pass_order_of(&f).map_err(|e| err(&e))?;
+    warmup::warm_up(&f, &order, |_, _| true).map_err(|e| err(&e))
 }
 
 /// Drop the model's pages: `MADV_PAGEOUT` + `POSIX_FADV_DONTNEED` (the

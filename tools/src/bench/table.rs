@@ -126,6 +126,12 @@ pub fn table(r: &BenchReport) -> String {
         r.ttft_ratio_paired.median,
         r.same_tokens
     ));
+    let split = |x: &Summary| format!("{:+.2} ms{}", x.median, ci(x, |v| format!("{v:+.2}")));
+    out.push_str(&format!(
+        "TTFT overhead, paired, split: prompt evaluation {}; outside it {}\n",
+        split(&r.prompt_eval_overhead_paired_ms),
+        split(&r.outside_prompt_overhead_paired_ms)
+    ));
     out.push_str(&format!(
         "guest start: first {:.1} ms ({}), second {:.2} ms ({}) + instantiate {:.2} ms\n",
         r.start.first_component_ms,
