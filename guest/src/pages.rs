@@ -13,6 +13,14 @@
 //! now", and no further pass starts for this model until it is loaded
 //! again or a turn finds it resident again (the pressure was passing:
 //! another app's memory came back).
+//!
+//! The strongest evidence is the end of a reply: the prompt and every
+//! decode step read all the weights, so a file still resident when a
+//! reply ends is one memory holds, and one that is not was paged out
+//! while it was in use. That judgement replaces the device-fit policy's
+//! estimate at load, which is a margin on figures, not a measurement
+//! (under a balloon leaving 1,800 MB the fit said `paging`, 1,747 MiB
+//! needed of 1,755, and the model stayed resident through every case).
 
 use crate::host::{Job, Jobs, ModelSource, WarmOrder, WarmupState};
 use crate::wit::app::MemoryOutlook;
@@ -24,15 +32,24 @@ pub const REWARM_BELOW: f32 = 0.9;
 pub struct Pages<H: Jobs> {
     source: Option<ModelSource>,
     warmup: Option<H::Warmup>,
-    /// A finished pass left less than [`REWARM_BELOW`] of the file in memory.
+    /// A finished pass or reply left less than [`REWARM_BELOW`] of the
+    /// file in memory.
     cannot_hold: bool,
+    /// A reply ended with the file resident (and none failed to since).
+    held: bool,
     /// The device-fit policy's judgement at load.
     at_load: MemoryOutlook,
 }
 
 impl<H: Jobs> Default for Pages<H> {
     fn default() -> Self {
-        Pages { source: None, warmup: None, cannot_hold: false, at_load: MemoryOutlook::Resident }
+        Pages {
+            source: None,
+            warmup: None,
+            cannot_hold: false,
+            held: false,
+            at_load: MemoryOutlook::Resident,
+        }
     }
 }
 
@@ -42,16 +59,30 @@ impl<H: Jobs> Pages<H> {
     pub fn set_model(&mut self, source: Option<ModelSource>, at_load: MemoryOutlook) {
         self.warmup = None;
         self.cannot_hold = false;
+        self.held = false;
         self.at_load = at_load;
         self.source = source;
     }
 
-    /// Whether the model can stay resident, as known now: `Paging` when the
-    /// device-fit policy said so at load or a finished pass could not make
-    /// the file resident.
+    /// Whether the model can stay resident, as known now: `Paging` when a
+    /// finished pass or reply left the file below the threshold,
+    /// `Resident` when a reply ended with it resident since, else what the
+    /// device-fit policy said at load.
     pub fn outlook(&mut self) -> MemoryOutlook {
         self.poll();
-        if self.cannot_hold { MemoryOutlook::Paging } else { self.at_load }
+        match (self.cannot_hold, self.held) {
+            (true, _) => MemoryOutlook::Paging,
+            (false, true) => MemoryOutlook::Resident,
+            (false, false) => self.at_load,
+        }
+    }
+
+    /// A reply that evaluated its prompt has ended: whether the file is
+    /// still resident says whether memory holds the model (module docs).
+    pub fn observe_reply_end(&mut self, host: &H) {
+        let Some(r) = self.residency(host) else { return };
+        self.held = r >= REWARM_BELOW;
+        self.cannot_hold = !self.held;
     }
 
     /// Look at the running pass: note a finished one that could not make
@@ -63,6 +94,7 @@ impl<H: Jobs> Pages<H> {
             Ok(WarmupState::Done(report)) => {
                 if report.residency_after < REWARM_BELOW {
                     self.cannot_hold = true;
+                    self.held = false;
                 }
                 self.warmup = None;
                 false
@@ -165,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn the_load_time_judgement_stands_until_another_load() {
+    fn the_load_time_judgement_stands_until_a_reply_ends_or_another_load() {
         let host = FakeHost::default();
         let mut pages = Pages::<FakeHost>::default();
         pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Paging);
@@ -174,6 +206,32 @@ mod tests {
         assert!(pages.prepare(&host), "a pass is still worth trying");
         assert_eq!(pages.outlook(), MemoryOutlook::Paging, "a full pass does not undo the fit's verdict");
         pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Resident);
+        assert_eq!(pages.outlook(), MemoryOutlook::Resident);
+        // A reply that ends with the model resident does: it read every weight.
+        pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Paging);
+        pages.observe_reply_end(&host);
+        assert_eq!(pages.outlook(), MemoryOutlook::Resident);
+        pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Paging);
+        assert_eq!(pages.outlook(), MemoryOutlook::Paging, "a new load starts from its own verdict");
+    }
+
+    #[test]
+    fn a_reply_that_ends_with_the_model_paged_out_says_paging() {
+        let host = FakeHost::default();
+        let mut pages = Pages::<FakeHost>::default();
+        pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Resident);
+        pages.observe_reply_end(&host);
+        assert_eq!(pages.outlook(), MemoryOutlook::Resident);
+        // Paged out while the reply used it: memory does not hold it, and
+        // no pass starts that would only evict what the decode needs.
+        host.residency.set(0.5);
+        pages.observe_reply_end(&host);
+        assert_eq!(pages.outlook(), MemoryOutlook::Paging);
+        assert!(!pages.prepare(&host) && !pages.warm_in_background(&host));
+        assert_eq!(host.warmups.get(), 0);
+        // A later reply that ends resident: memory holds it again.
+        host.residency.set(1.0);
+        pages.observe_reply_end(&host);
         assert_eq!(pages.outlook(), MemoryOutlook::Resident);
     }
 }

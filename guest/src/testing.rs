@@ -117,6 +117,9 @@ pub struct FakeHost {
     pub decoded: RefCell<Vec<Vec<Token>>>,
     /// Fraction of the model's pages in memory.
     pub residency: Cell<f32>,
+    /// The residency once a `decode` has run (the pages paged out while a
+    /// reply uses them), taken once.
+    pub after_reply_residency: Cell<Option<f32>>,
     /// Warmups started.
     pub warmups: Cell<u32>,
     /// The residency a warmup pass reaches (1.0: the whole file fits).
@@ -145,6 +148,7 @@ impl Default for FakeHost {
             replies: RefCell::default(),
             decoded: RefCell::default(),
             residency: Cell::new(1.0),
+            after_reply_residency: Cell::new(None),
             warmups: Cell::new(0),
             warm_reach: Cell::new(1.0),
             hashes: Cell::new(0),
@@ -339,6 +343,9 @@ impl Engine for FakeHost {
         cells.extend(tokens.iter().enumerate().map(|(i, &t)| (used + i as u32, t)));
         self.decoded.borrow_mut().push(tokens.to_vec());
         self.shared.has_logits.set(!tokens.is_empty());
+        if let Some(r) = self.after_reply_residency.take() {
+            self.residency.set(r);
+        }
         Ok(())
     }
     fn kv_len(&self, seq: u32) -> u32 {

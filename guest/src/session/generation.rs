@@ -118,8 +118,13 @@ impl<S: Sampler> Generation<S> {
             return Ok(None);
         }
         let out = self.step(session, env);
-        // The reply ended in this step: a warm pass may have finished meanwhile.
+        // The reply ended in this step: a warm pass may have finished
+        // meanwhile, and a reply that read the weights tells whether memory
+        // holds them.
         if let Some(stats) = &mut self.stats {
+            if stats.generated_tokens > 0 {
+                env.pages.observe_reply_end(env.host);
+            }
             stats.outlook = env.pages.outlook();
         }
         out

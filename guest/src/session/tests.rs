@@ -269,11 +269,14 @@ fn evicted_pages_are_rewarmed_alongside_the_prompt_unless_turned_off() {
     let mut chat = open(&mut app, &host, SessionKind::Chat, p.clone());
     host.script(&["a", "b"]);
     host.residency.set(0.2);
+    // Without a pass the decode faults the pages back in itself.
+    host.after_reply_residency.set(Some(1.0));
     let (_, s) = turn(&mut app, &host, &mut chat, "Hi");
     assert_eq!((s.residency, host.warmups.get()), (0.2, warmups));
     p.rewarm = Some(true);
     let o = chat.options().merged(&p, |_| None).unwrap();
     chat.set_options(o).unwrap();
+    host.residency.set(0.2); // evicted again while idle
     let (_, s) = turn(&mut app, &host, &mut chat, "Hi");
     assert_eq!((s.residency, host.warmups.get()), (0.2, warmups + 1));
 }
@@ -293,6 +296,18 @@ fn a_reply_tells_the_app_when_the_model_cannot_stay_resident() {
     host.script(&["a", "b"]);
     let (_, s) = turn(&mut app, &host, &mut chat, "Hi");
     assert_eq!((s.residency, s.outlook), (0.2, MemoryOutlook::Paging));
+    // Found resident at the next send and still resident when the reply
+    // ends: the pressure has passed.
+    host.residency.set(1.0);
+    host.script(&["a", "b"]);
+    let (_, s) = turn(&mut app, &host, &mut chat, "Hi");
+    assert_eq!(s.outlook, MemoryOutlook::Resident);
+    // Resident at send, paged out by the end of the reply (nothing here
+    // lowers it but the test; on a device, the other apps' memory).
+    host.script(&["a", "b"]);
+    host.after_reply_residency.set(Some(0.5));
+    let (_, s) = turn(&mut app, &host, &mut chat, "Hi");
+    assert_eq!((s.residency, s.outlook), (1.0, MemoryOutlook::Paging));
     // Loading again (say, with a smaller context) measures afresh.
     host.warm_reach.set(1.0);
     let mut app = load(&host, 512);

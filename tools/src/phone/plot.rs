@@ -116,7 +116,9 @@ pub fn sweep(path: &Path, title: &str, series: &[Series]) -> Result<(), String> 
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            // The axes start at 0 and the lines run high, except where decode
+            // collapses, which happens at the left (the least memory).
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 16))

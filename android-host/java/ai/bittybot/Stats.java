@@ -25,8 +25,9 @@ public final class Stats {
     /** The system turn came from the saved prefix (memory or disk) instead of being evaluated. */
     public final boolean prefixCached;
     /**
-     * Whether the model can stay in memory on this device: false when the device-fit check at load or a
-     * warm pass since found memory too short, so replies will be slow (worth telling the user).
+     * Whether the model can stay in memory on this device: false when memory was found too short (by the
+     * device-fit check at load, until a reply shows otherwise; by a reply that ended with the model paged
+     * out; or by a warm pass that could not bring it back), so replies will be slow (worth telling the user).
      */
     public final boolean canStayResident;
 
