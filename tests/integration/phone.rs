@@ -1,7 +1,8 @@
 //! Phone conditions (`bittybot_tools::phone`): the throttled FUSE mount is
 //! at least as slow as its profile, is gone after a failing case or a
 //! panic, and the residency cases finish through it; the memory balloon
-//! ends with its guard, with a failing bench and with its killed parent.
+//! ends with its guard, with a failing bench and with its killed parent;
+//! Ctrl-C undoes both, and what SIGKILL leaves the next run cleans up.
 //!
 //! Real FUSE mounts (needs /dev/fuse and root or fusermount3; the tests
 //! skip with a message only when /dev/fuse is absent). The tests of this
@@ -254,10 +255,122 @@ fn the_balloon_dies_with_its_killed_parent() {
     assert!(!balloon::alive(pid), "the balloon {pid} outlived its killed parent");
 }
 
-/// SIGKILL (the tests crate has no libc dependency).
-fn kill_9(pid: u32) {
-    let status = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+/// Send `signal` (a name for kill(1): the tests crate has no libc dependency).
+fn send(signal: &str, pid: u32) {
+    let status =
+        std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
     assert!(status.success());
+}
+
+/// SIGKILL.
+fn kill_9(pid: u32) {
+    send("KILL", pid);
+}
+
+/// Not a test on its own: the process that `an_interrupted_run_leaves_no_mount_no_directory_no_balloon`
+/// interrupts. Mounts a file, puts up a balloon, prints both, waits.
+#[test]
+#[ignore = "helper process of an_interrupted_run_leaves_no_mount_no_directory_no_balloon"]
+fn phone_conditions_helper() {
+    let Some(backing) = std::env::var_os("BITTYBOT_PHONE_HELPER") else { return };
+    let m = Mount::new(Path::new(&backing), fast_profile(), None).unwrap();
+    let target = balloon::mem_available_mb().unwrap().saturating_sub(64).max(balloon::MIN_AVAILABLE_MB);
+    let b = Balloon::leave_available(target).unwrap();
+    // Something open and mapped on the mount, as a bench's model is.
+    let f = std::fs::File::open(m.path_of(Path::new(&backing))).unwrap();
+    let mut head = [0u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0).unwrap();
+    println!("MOUNT={}", m.mountpoint().display());
+    println!("BALLOON_PID={}", b.pid());
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Start the helper on `backing`; returns it with the mount point and balloon pid it printed.
+fn start_phone_helper(backing: &Path) -> (std::process::Child, PathBuf, i32) {
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "phone::phone_conditions_helper",
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("BITTYBOT_PHONE_HELPER", backing)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(helper.stdout.take().unwrap()).lines();
+    let (mut mount, mut pid) = (None, None);
+    while mount.is_none() || pid.is_none() {
+        let line = lines.next().expect("the helper ended before printing its mount and balloon").unwrap();
+        // The harness prints "test … ... " on the same line first.
+        if let Some((_, m)) = line.split_once("MOUNT=") {
+            mount = Some(PathBuf::from(m.trim()));
+        }
+        if let Some((_, p)) = line.split_once("BALLOON_PID=") {
+            pid = Some(p.trim().parse().unwrap());
+        }
+    }
+    (helper, mount.unwrap(), pid.unwrap())
+}
+
+/// The helper's exit status; fails the test (rather than hanging it) when
+/// the helper does not end, e.g. stuck closing a file on its own mount.
+fn wait_for_exit(helper: &mut std::process::Child) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = helper.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the signalled helper {} did not end in 20 s (stuck closing a file on its own mount?)",
+            helper.id()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_until(what: impl Fn() -> bool) -> bool {
+    let t = Instant::now();
+    while !what() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    what()
+}
+
+#[test]
+fn an_interrupted_run_leaves_no_mount_no_directory_no_balloon() {
+    let _s = serial();
+    if no_fuse() {
+        return;
+    }
+    let dir = temp_dir();
+    let backing = data_file(dir.path(), "weights.bin", 1 << 20);
+
+    // Ctrl-C (SIGINT): the handler detaches the mount, removes its
+    // directory and kills the balloon before the process ends.
+    let (mut helper, mount, balloon_pid) = start_phone_helper(&backing);
+    assert!(storage::is_mounted(&mount), "the helper's mount {} is not there", mount.display());
+    assert!(balloon::alive(balloon_pid));
+    send("INT", helper.id());
+    let status = wait_for_exit(&mut helper);
+    assert!(!status.success(), "the interrupted helper exited with {status}");
+    assert!(!storage::is_mounted(&mount), "{} is still mounted after Ctrl-C", mount.display());
+    assert!(!mount.exists(), "the mount point directory {} was left after Ctrl-C", mount.display());
+    assert!(wait_until(|| !balloon::alive(balloon_pid)), "the balloon {balloon_pid} outlived Ctrl-C");
+
+    // SIGKILL can undo nothing: the dead mount stays until the next run's
+    // clean-up, which unmounts it and removes the directory.
+    let (mut helper, mount, balloon_pid) = start_phone_helper(&backing);
+    kill_9(helper.id());
+    wait_for_exit(&mut helper);
+    assert!(wait_until(|| !balloon::alive(balloon_pid)), "the balloon {balloon_pid} outlived SIGKILL");
+    storage::clean_stale(None);
+    assert!(!storage::is_mounted(&mount), "{} is still mounted after the clean-up", mount.display());
+    assert!(!mount.exists(), "the clean-up left the directory {}", mount.display());
 }
 
 fn fast_profile() -> Profile {

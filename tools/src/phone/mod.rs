@@ -23,15 +23,21 @@ pub mod cleanup {
     use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
 
     const SLOTS: usize = 16;
+    /// Each string is one flag byte (`b'1'`: we created the directory, so the
+    /// handler removes it once the mount is detached; `b'0'`: we did not)
+    /// followed by the mount point: both are published by one store.
     static MOUNTS: [AtomicPtr<libc::c_char>; SLOTS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
     static PIDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(0) }; SLOTS];
     static INSTALL: Once = Once::new();
 
-    /// Remember a mount point; returns its slot (None when all are taken:
-    /// then only the guard's drop unmounts it).
-    pub fn register_mount(path: &Path) -> Option<usize> {
+    /// Remember a mount point (and whether we created its directory);
+    /// returns its slot (None when all are taken: then only the guard's drop
+    /// unmounts it).
+    pub fn register_mount(path: &Path, made_dir: bool) -> Option<usize> {
         install();
-        let c = CString::new(path.as_os_str().as_bytes()).ok()?.into_raw();
+        let mut bytes = vec![if made_dir { b'1' } else { b'0' }];
+        bytes.extend_from_slice(path.as_os_str().as_bytes());
+        let c = CString::new(bytes).ok()?.into_raw();
         for (i, slot) in MOUNTS.iter().enumerate() {
             if slot.compare_exchange(std::ptr::null_mut(), c, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                 return Some(i);
@@ -64,8 +70,9 @@ pub mod cleanup {
         PIDS[slot].store(0, Ordering::SeqCst);
     }
 
-    /// Kill every registered child and detach every registered mount.
-    /// Only async-signal-safe calls (`kill`, `umount2`).
+    /// Kill every registered child, detach every registered mount and
+    /// remove the mount point directories we created. Only
+    /// async-signal-safe calls (`kill`, `umount2`, `rmdir`).
     pub fn undo_all() {
         for p in &PIDS {
             let pid = p.swap(0, Ordering::SeqCst);
@@ -77,8 +84,15 @@ pub mod cleanup {
         for m in &MOUNTS {
             let c = m.swap(std::ptr::null_mut(), Ordering::SeqCst);
             if !c.is_null() {
-                // SAFETY: a leaked NUL-terminated string that is never freed.
-                unsafe { libc::umount2(c, libc::MNT_DETACH) };
+                // SAFETY: a leaked NUL-terminated string (flag byte, then the
+                // path) that is never freed. A detached mount no longer
+                // covers its directory, so the (empty) directory can go at once.
+                unsafe {
+                    let path = c.add(1);
+                    if libc::umount2(path, libc::MNT_DETACH) == 0 && *c == b'1' as libc::c_char {
+                        libc::rmdir(path);
+                    }
+                }
             }
         }
     }
@@ -86,7 +100,7 @@ pub mod cleanup {
     extern "C" fn on_signal(sig: libc::c_int) {
         undo_all();
         const MSG: &[u8] =
-            b"\nbittybot: interrupted; phone conditions undone (mount detached, balloon killed)\n";
+            b"\nbittybot: interrupted; phone conditions undone (mount detached and removed, balloon killed)\n";
         // SAFETY: async-signal-safe calls only; the default action then ends the process.
         unsafe {
             libc::write(2, MSG.as_ptr().cast(), MSG.len());

@@ -363,10 +363,16 @@ impl Filesystem for ThrottledFs {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        reply.opened(
-            FileHandle(0),
-            if self.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() },
-        );
+        // FOPEN_NOFLUSH: a read-only file has nothing to flush on close, and
+        // a FLUSH sent then can never be answered when this process is the
+        // one exiting (Ctrl-C with the model open on the mount): the exiting
+        // thread closes the file after the server threads are gone and waits
+        // for the reply for ever (seen here: a zombie stuck in fuse_flush).
+        let mut open = FopenFlags::FOPEN_NOFLUSH;
+        if self.keep_cache {
+            open |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        reply.opened(FileHandle(0), open);
     }
 
     fn read(
@@ -556,17 +562,26 @@ fn lazy_unmount(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Whether `name` is a mount point name of ours (`bittybot-phone-<pid>-<n>`)
+/// whose process is gone.
+fn of_a_dead_run(name: &str) -> bool {
+    match name.strip_prefix("bittybot-phone-").and_then(|r| r.split('-').next()) {
+        Some(pid) => pid
+            .parse::<u32>()
+            .is_ok_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()),
+        None => false,
+    }
+}
+
 /// Unmount what earlier runs left behind: FUSE mounts named
-/// `bittybot-phone-<pid>-*` whose process is gone, and a mount at `at`.
+/// `bittybot-phone-<pid>-*` whose process is gone, and a mount at `at`;
+/// then remove such runs' empty mount point directories under the temp dir
+/// (a run killed with SIGKILL can unmount nothing; the kernel ends its FUSE
+/// connection, and the directory stays).
 pub fn clean_stale(at: Option<&Path>) {
     for m in fuse_mounts() {
         let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let stale = match name.strip_prefix("bittybot-phone-").and_then(|r| r.split('-').next()) {
-            Some(pid) => pid
-                .parse::<u32>()
-                .is_ok_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()),
-            None => false,
-        };
+        let stale = of_a_dead_run(&name);
         if stale || at.is_some_and(|a| a == m) {
             if lazy_unmount(&m).is_ok() {
                 eprintln!("bench: unmounted a stale mount at {}", m.display());
@@ -574,6 +589,14 @@ pub fn clean_stale(at: Option<&Path>) {
             if stale {
                 let _ = std::fs::remove_dir(&m);
             }
+        }
+    }
+    let mounted = fuse_mounts();
+    for e in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let path = e.path();
+        if of_a_dead_run(&e.file_name().to_string_lossy()) && !mounted.contains(&path) {
+            // remove_dir: only an empty directory goes.
+            let _ = std::fs::remove_dir(&path);
         }
     }
 }
@@ -676,7 +699,7 @@ impl Mount {
             }
         };
         let notifier = session.notifier();
-        let slot = cleanup::register_mount(&mountpoint);
+        let slot = cleanup::register_mount(&mountpoint, made_dir);
         if !diag("kernel-readahead") {
             set_readahead(&mountpoint, profile.max_request);
         }
