@@ -272,8 +272,22 @@ impl Pass<'_> {
 }
 
 /// The ranges of a pass: those of `order` (page-aligned, clipped, without
-/// overlap) in that order, then what they leave out, front to back.
+/// overlap) in that order, then what they leave out, front to back; a
+/// range that starts where the one before it ends is joined to it, so a
+/// layer's tensors (adjacent in the file) are read as one run of whole
+/// steps rather than one short read per tensor.
 fn pass_order(order: &[Range<u64>], total: usize, page: usize) -> Vec<Range<usize>> {
+    let mut plan: Vec<Range<usize>> = Vec::new();
+    for r in pieces_in_order(order, total, page) {
+        match plan.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => plan.push(r),
+        }
+    }
+    plan
+}
+
+fn pieces_in_order(order: &[Range<u64>], total: usize, page: usize) -> Vec<Range<usize>> {
     let mut covered: Vec<Range<usize>> = Vec::new();
     let mut plan = Vec::new();
     for r in order {
@@ -501,8 +515,11 @@ mod tests {
 
     #[test]
     fn a_pass_reads_the_ordered_ranges_first_then_everything_else_once() {
+        // Pieces that follow each other in the file are one range.
         let plan = pass_order(&[100..5000, 0..10, 4096..9000], 20_000, 4096);
-        assert_eq!(plan, vec![0..8192, 8192..12288, 12288..20_000]);
+        assert_eq!(plan, vec![0..20_000]);
+        let plan = pass_order(&[8192..12_288, 0..4096, 4096..8192], 20_000, 4096);
+        assert_eq!(plan, vec![8192..12_288, 0..8192, 12_288..20_000]);
         let plan = pass_order(&[12_288..16_384], 20_000, 4096);
         assert_eq!(plan, vec![12_288..16_384, 0..12_288, 16_384..20_000]);
         let total: usize = plan.iter().map(|r| r.len()).sum();
