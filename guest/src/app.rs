@@ -83,7 +83,11 @@ impl<H: Host> App<H> {
         };
         self.loaded = Some(Loaded { profile: Rc::new(profile), tuned_key });
         // The app is ready now; the pages come in behind it.
-        self.pages.set_model(Some(o.source.clone()), plan.outlook);
+        // Without a mapping the weights live in the process's own memory:
+        // the file's pages say nothing of them, so no pass warms them and no
+        // reply judges them.
+        let mapped = plan.settings.use_mmap.then(|| o.source.clone());
+        self.pages.set_model(mapped, plan.outlook);
         self.pages.warm_in_background(host);
         Ok(LoadReport {
             info,

@@ -20,7 +20,7 @@
 //! while it was in use. That judgement replaces the device-fit policy's
 //! estimate at load, which is a margin on figures, not a measurement
 //! (under a balloon leaving 1,800 MB the fit said `paging`, 1,747 MiB
-//! needed of 1,755, and the model stayed resident through every case).
+//! needed of 1,727, and the model stayed resident through every case).
 
 use crate::host::{Job, Jobs, ModelSource, WarmOrder, WarmupState};
 use crate::wit::app::MemoryOutlook;
@@ -80,6 +80,9 @@ impl<H: Jobs> Pages<H> {
     /// A reply that evaluated its prompt has ended: whether the file is
     /// still resident says whether memory holds the model (module docs).
     pub fn observe_reply_end(&mut self, host: &H) {
+        // A pass that finished during the reply reports an older state:
+        // take it first, so that this fresher measurement wins.
+        self.poll();
         let Some(r) = self.residency(host) else { return };
         self.held = r >= REWARM_BELOW;
         self.cannot_hold = !self.held;
@@ -213,6 +216,21 @@ mod tests {
         assert_eq!(pages.outlook(), MemoryOutlook::Resident);
         pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Paging);
         assert_eq!(pages.outlook(), MemoryOutlook::Paging, "a new load starts from its own verdict");
+    }
+
+    #[test]
+    fn a_reply_that_ends_resident_outweighs_a_pass_that_finished_during_it() {
+        let host = FakeHost::default();
+        let mut pages = Pages::<FakeHost>::default();
+        pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Resident);
+        host.residency.set(0.1);
+        host.warm_reach.set(0.6);
+        assert!(pages.prepare(&host), "a pass starts");
+        // The pass ended at 0.6 while the reply ran; the reply's own decode
+        // then faulted the rest in, and the file is resident at its end.
+        host.residency.set(1.0);
+        pages.observe_reply_end(&host);
+        assert_eq!(pages.outlook(), MemoryOutlook::Resident);
     }
 
     #[test]

@@ -276,10 +276,13 @@ fn phone_conditions_helper() {
     let m = Mount::new(Path::new(&backing), fast_profile(), None).unwrap();
     let target = balloon::mem_available_mb().unwrap().saturating_sub(64).max(balloon::MIN_AVAILABLE_MB);
     let b = Balloon::leave_available(target).unwrap();
-    // Something open and mapped on the mount, as a bench's model is.
+    // A file open, read and mapped on the mount, as a bench's model is.
     let f = std::fs::File::open(m.path_of(Path::new(&backing))).unwrap();
     let mut head = [0u8; 4096];
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0).unwrap();
+    // SAFETY: a read-only mapping of a file nothing writes.
+    let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+    assert_eq!(map[..4096], head);
     println!("MOUNT={}", m.mountpoint().display());
     println!("BALLOON_PID={}", b.pid());
     use std::io::Write;
@@ -301,10 +304,26 @@ fn start_phone_helper(backing: &Path) -> (std::process::Child, PathBuf, i32) {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(helper.stdout.take().unwrap()).lines();
+    // Read its lines on a thread, so that a helper stuck before printing
+    // fails the test instead of hanging it.
+    let stdout = helper.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let (mut mount, mut pid) = (None, None);
     while mount.is_none() || pid.is_none() {
-        let line = lines.next().expect("the helper ended before printing its mount and balloon").unwrap();
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line.unwrap(),
+            Err(e) => {
+                let _ = helper.kill();
+                panic!("the helper printed no mount and balloon in 60 s ({e})");
+            }
+        };
         // The harness prints "test … ... " on the same line first.
         if let Some((_, m)) = line.split_once("MOUNT=") {
             mount = Some(PathBuf::from(m.trim()));

@@ -120,9 +120,10 @@ impl<S: Sampler> Generation<S> {
         let out = self.step(session, env);
         // The reply ended in this step: a warm pass may have finished
         // meanwhile, and a reply that read the weights tells whether memory
-        // holds them.
+        // holds them. Not a reply of an earlier load: the pages now are
+        // another load's, which it never read.
         if let Some(stats) = &mut self.stats {
-            if stats.generated_tokens > 0 {
+            if stats.generated_tokens > 0 && env.current_load == Some(self.load_id) {
                 env.pages.observe_reply_end(env.host);
             }
             stats.outlook = env.pages.outlook();

@@ -260,6 +260,25 @@ fn a_reply_on_an_unloaded_model_is_not_ready_and_a_busy_session_refuses() {
 }
 
 #[test]
+fn a_reply_from_before_a_reload_does_not_judge_the_new_model() {
+    let host = FakeHost::default();
+    let mut app = load(&host, 1024);
+    let mut chat = open(&mut app, &host, SessionKind::Chat, patch());
+    host.script(&["Hello there, friend."]);
+    let mut g = chat.send(&mut app.env(&host), "Hi").unwrap();
+    assert!(g.next(&mut chat, &mut app.env(&host)).unwrap().is_some(), "a token was generated");
+    app.load_model(&host, &load_options(1024)).unwrap();
+    host.residency.set(0.2); // the new load's pages still coming in
+    assert_eq!(g.next(&mut chat, &mut app.env(&host)), Err(AppError::NotReady));
+    // Nothing judged the new model: evicted at send, it is re-warmed.
+    let warmups = host.warmups.get();
+    let mut chat = open(&mut app, &host, SessionKind::Chat, patch());
+    host.script(&["a", "b"]);
+    let (_, s) = turn(&mut app, &host, &mut chat, "Hi");
+    assert_eq!((s.residency, host.warmups.get(), s.outlook), (0.2, warmups + 1, MemoryOutlook::Resident));
+}
+
+#[test]
 fn evicted_pages_are_rewarmed_alongside_the_prompt_unless_turned_off() {
     let host = FakeHost::default();
     let mut app = load(&host, 1024);
