@@ -225,34 +225,13 @@ fn balloon_parent_helper() {
 #[test]
 fn the_balloon_dies_with_its_killed_parent() {
     let _s = serial();
-    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "phone::balloon_parent_helper",
-            "--exact",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("BITTYBOT_BALLOON_HELPER", "1")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(helper.stdout.take().unwrap()).lines();
-    let pid: i32 = loop {
-        let line = lines.next().expect("the helper printed no balloon pid").unwrap();
-        // The harness prints "test … ... " on the same line first.
-        if let Some((_, p)) = line.split_once("BALLOON_PID=") {
-            break p.trim().parse().unwrap();
-        }
-    };
+    let (mut helper, values) =
+        start_helper("balloon_parent_helper", "BITTYBOT_BALLOON_HELPER", "1".as_ref(), &["BALLOON_PID"]);
+    let pid: i32 = values[0].parse().unwrap();
     assert!(balloon::alive(pid), "the balloon {pid} is not running");
     kill_9(helper.id());
-    helper.wait().unwrap();
-    let t = Instant::now();
-    while balloon::alive(pid) && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!balloon::alive(pid), "the balloon {pid} outlived its killed parent");
+    wait_for_exit(&mut helper);
+    assert!(wait_until(|| !balloon::alive(pid)), "the balloon {pid} outlived its killed parent");
 }
 
 /// Send `signal` (a name for kill(1): the tests crate has no libc dependency).
@@ -290,17 +269,18 @@ fn phone_conditions_helper() {
     std::thread::sleep(Duration::from_secs(60));
 }
 
-/// Start the helper on `backing`; returns it with the mount point and balloon pid it printed.
-fn start_phone_helper(backing: &Path) -> (std::process::Child, PathBuf, i32) {
+/// Run the ignored test `phone::<name>` of this binary as a helper process
+/// (`env_key` set to `env_value`); returns it with the values it printed as
+/// `KEY=value` for each of `keys`, in that order.
+fn start_helper(
+    name: &str,
+    env_key: &str,
+    env_value: &std::ffi::OsStr,
+    keys: &[&str],
+) -> (std::process::Child, Vec<String>) {
     let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "phone::phone_conditions_helper",
-            "--exact",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("BITTYBOT_PHONE_HELPER", backing)
+        .args([&format!("phone::{name}"), "--exact", "--include-ignored", "--nocapture", "--test-threads=1"])
+        .env(env_key, env_value)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -315,24 +295,35 @@ fn start_phone_helper(backing: &Path) -> (std::process::Child, PathBuf, i32) {
             }
         }
     });
-    let (mut mount, mut pid) = (None, None);
-    while mount.is_none() || pid.is_none() {
+    let mut values: Vec<Option<String>> = vec![None; keys.len()];
+    while values.iter().any(Option::is_none) {
         let line = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(line) => line.unwrap(),
             Err(e) => {
                 let _ = helper.kill();
-                panic!("the helper printed no mount and balloon in 60 s ({e})");
+                panic!("the helper {name} printed no {keys:?} in 60 s ({e})");
             }
         };
         // The harness prints "test … ... " on the same line first.
-        if let Some((_, m)) = line.split_once("MOUNT=") {
-            mount = Some(PathBuf::from(m.trim()));
-        }
-        if let Some((_, p)) = line.split_once("BALLOON_PID=") {
-            pid = Some(p.trim().parse().unwrap());
+        for (key, value) in keys.iter().zip(&mut values) {
+            if let Some((_, v)) = line.split_once(&format!("{key}=")) {
+                *value = Some(v.trim().to_owned());
+            }
         }
     }
-    (helper, mount.unwrap(), pid.unwrap())
+    (helper, values.into_iter().flatten().collect())
+}
+
+/// Start the phone-conditions helper on `backing`; returns it with the
+/// mount point and balloon pid it printed.
+fn start_phone_helper(backing: &Path) -> (std::process::Child, PathBuf, i32) {
+    let (helper, values) = start_helper(
+        "phone_conditions_helper",
+        "BITTYBOT_PHONE_HELPER",
+        backing.as_os_str(),
+        &["MOUNT", "BALLOON_PID"],
+    );
+    (helper, PathBuf::from(&values[0]), values[1].parse().unwrap())
 }
 
 /// The helper's exit status; fails the test (rather than hanging it) when
