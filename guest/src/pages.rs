@@ -32,24 +32,19 @@ pub const REWARM_BELOW: f32 = 0.9;
 pub struct Pages<H: Jobs> {
     source: Option<ModelSource>,
     warmup: Option<H::Warmup>,
-    /// A finished pass or reply left less than [`REWARM_BELOW`] of the
-    /// file in memory.
-    cannot_hold: bool,
-    /// A reply ended with the file resident (and none failed to since).
-    held: bool,
+    /// What was measured since the load: `Paging` when a finished pass or
+    /// reply left less than [`REWARM_BELOW`] of the file in memory,
+    /// `Resident` when a reply ended with it resident (and nothing failed
+    /// to since); `None` when nothing has been, or a turn found the file
+    /// resident again after a `Paging`.
+    measured: Option<MemoryOutlook>,
     /// The device-fit policy's judgement at load.
     at_load: MemoryOutlook,
 }
 
 impl<H: Jobs> Default for Pages<H> {
     fn default() -> Self {
-        Pages {
-            source: None,
-            warmup: None,
-            cannot_hold: false,
-            held: false,
-            at_load: MemoryOutlook::Resident,
-        }
+        Pages { source: None, warmup: None, measured: None, at_load: MemoryOutlook::Resident }
     }
 }
 
@@ -58,8 +53,7 @@ impl<H: Jobs> Pages<H> {
     /// said of it; a pass on the old one is dropped.
     pub fn set_model(&mut self, source: Option<ModelSource>, at_load: MemoryOutlook) {
         self.warmup = None;
-        self.cannot_hold = false;
-        self.held = false;
+        self.measured = None;
         self.at_load = at_load;
         self.source = source;
     }
@@ -70,11 +64,12 @@ impl<H: Jobs> Pages<H> {
     /// device-fit policy said at load.
     pub fn outlook(&mut self) -> MemoryOutlook {
         self.poll();
-        match (self.cannot_hold, self.held) {
-            (true, _) => MemoryOutlook::Paging,
-            (false, true) => MemoryOutlook::Resident,
-            (false, false) => self.at_load,
-        }
+        self.measured.unwrap_or(self.at_load)
+    }
+
+    /// A finished pass or reply found that memory cannot hold the model now.
+    fn cannot_hold(&self) -> bool {
+        self.measured == Some(MemoryOutlook::Paging)
     }
 
     /// A reply that evaluated its prompt has ended: whether the file is
@@ -84,8 +79,7 @@ impl<H: Jobs> Pages<H> {
         // take it first, so that this fresher measurement wins.
         self.poll();
         let Some(r) = self.residency(host) else { return };
-        self.held = r >= REWARM_BELOW;
-        self.cannot_hold = !self.held;
+        self.measured = Some(if r >= REWARM_BELOW { MemoryOutlook::Resident } else { MemoryOutlook::Paging });
     }
 
     /// Look at the running pass: note a finished one that could not make
@@ -96,8 +90,7 @@ impl<H: Jobs> Pages<H> {
             Ok(WarmupState::Running(_)) => true,
             Ok(WarmupState::Done(report)) => {
                 if report.residency_after < REWARM_BELOW {
-                    self.cannot_hold = true;
-                    self.held = false;
+                    self.measured = Some(MemoryOutlook::Paging);
                 }
                 self.warmup = None;
                 false
@@ -116,7 +109,7 @@ impl<H: Jobs> Pages<H> {
 
     /// Start a background pass unless one runs; true if one started.
     pub fn warm_in_background(&mut self, host: &H) -> bool {
-        if self.poll() || self.cannot_hold {
+        if self.poll() || self.cannot_hold() {
             return false;
         }
         let Some(source) = &self.source else { return false };
@@ -127,8 +120,8 @@ impl<H: Jobs> Pages<H> {
     /// A turn or hint found `residency` of the file in memory: at or above
     /// the threshold, memory holds the model now, whatever a pass found before.
     pub fn observe(&mut self, residency: f32) {
-        if residency >= REWARM_BELOW {
-            self.cannot_hold = false;
+        if residency >= REWARM_BELOW && self.cannot_hold() {
+            self.measured = None;
         }
     }
 
@@ -170,7 +163,7 @@ mod tests {
         host.warm_reach.set(0.6); // memory holds 60 % of the file
         assert!(pages.warm_in_background(&host));
         assert_eq!(pages.outlook(), MemoryOutlook::Paging, "the app is told");
-        assert!(pages.cannot_hold);
+        assert!(pages.cannot_hold());
         host.residency.set(0.3);
         assert!(!pages.prepare(&host), "prepare after a pass that could not hold the model");
         assert!(!pages.warm_in_background(&host), "re-warm at send likewise");
@@ -193,7 +186,7 @@ mod tests {
         pages.set_model(Some(ModelSource::Provided), MemoryOutlook::Resident);
         host.warm_reach.set(1.0);
         assert_eq!(pages.outlook(), MemoryOutlook::Resident);
-        assert!(!pages.cannot_hold);
+        assert!(!pages.cannot_hold());
         assert!(pages.prepare(&host));
         assert_eq!((host.warmups.get(), host.residency.get()), (4, 1.0));
         assert_eq!(pages.outlook(), MemoryOutlook::Resident);

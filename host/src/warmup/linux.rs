@@ -287,6 +287,8 @@ fn pass_order(order: &[Range<u64>], total: usize, page: usize) -> Vec<Range<usiz
     plan
 }
 
+/// [`pass_order`]'s pieces before the join: each range of `order`, minus
+/// what earlier ones covered, then the rest.
 fn pieces_in_order(order: &[Range<u64>], total: usize, page: usize) -> Vec<Range<usize>> {
     let mut covered: Vec<Range<usize>> = Vec::new();
     let mut plan = Vec::new();
